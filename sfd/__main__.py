@@ -1,0 +1,3 @@
+from sfd.cli import main
+
+raise SystemExit(main())
