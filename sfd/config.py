@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 from jsonschema import Draft202012Validator, validators
-from referencing import Registry, Resource
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
 
 
 class ConfigError(ValueError):
@@ -44,7 +45,10 @@ def _registry() -> Registry:
     for item in resources.files("sfd").joinpath("schemas").iterdir():
         if item.name.endswith(".schema.yaml"):
             contents = yaml.safe_load(item.read_text())
-            registry = registry.with_resource(item.name, Resource.from_contents(contents))
+            # Stored without `$schema`: jsonschema evolves into the stock validator of a $ref
+            # target that names its meta-schema, and the stock one fills no defaults.
+            contents.pop("$schema", None)
+            registry = registry.with_resource(item.name, DRAFT202012.create_resource(contents))
     return registry
 
 
