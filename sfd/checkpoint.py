@@ -1,0 +1,130 @@
+"""Read DiT weights from any of the released / training checkpoint layouts (spec §2.7, §7.5).
+
+Three layouts exist: `{'ema': state_dict}` (our EMA exports and, probably, the released files),
+a full training dict `{'model', 'ema', 'opt', 'config', ...}`, and a bare state dict. Only the EMA
+is ever sampled, so `ema` is the default entry.
+
+Loading is safe by default (`torch.load(weights_only=True)`). The official training dicts pickle
+an OmegaConf `config`, which the safe loader refuses; such a file is read with
+`weights_only=False` only when the caller passes `allow_unsafe=True`, because unpickling can run
+arbitrary code. The workflow passes it for the files fetched from the trusted SFD-Project repo.
+"""
+
+import os
+import pickle
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that does not fit the model it is loaded into."""
+
+
+def _torch_load(path: Path, allow_unsafe: bool):
+    """torch.load, safe first; the unsafe retry only for pickled objects and only when allowed."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if pickled is None:
+            raise CheckpointError(f"{path}: not a readable torch checkpoint (corrupt?): {err}") from None
+        if not allow_unsafe:
+            raise CheckpointError(
+                f"{path}: holds pickled Python objects ({pickled[1]}), so the safe loader "
+                "(weights_only=True) refuses it. Load it with allow_unsafe=True (weights_only=False) "
+                "only if the file comes from a trusted source, e.g. the SFD-Project release."
+            ) from None
+    except Exception as err:
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint (truncated or corrupt?): {type(err).__name__}: {err}"
+        ) from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(
+            f"{path}: could not be unpickled even with weights_only=False: {type(err).__name__}: {err}"
+        ) from None
+
+
+def _strip_wrappers(name: str) -> str:
+    """Drop DDP (`module.`) and torch.compile (`_orig_mod.`) prefixes, in any nesting."""
+    while name.startswith(_WRAPPER_PREFIXES):
+        name = name.split(".", 1)[1]
+    return name
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def load_weights(path, *, key: str = "ema", allow_unsafe: bool = False) -> dict[str, torch.Tensor]:
+    """The state dict stored in `path` (entry `key` of a wrapping dict, or the bare state dict),
+    on the CPU, with wrapper prefixes stripped. Raises CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    obj = _torch_load(path, allow_unsafe)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
+    if key in obj:
+        obj = obj[key]
+        where = f"{path}[{key!r}]"
+        if not _is_state_dict(obj):
+            raise CheckpointError(f"{where}: is not a non-empty state dict of tensors")
+    elif not _is_state_dict(obj):
+        raise CheckpointError(
+            f"{path}: has no {key!r} entry and is not a bare state dict; "
+            f"top-level keys: {', '.join(map(str, obj)) or '(none)'}"
+        )
+    state = {}
+    for name, tensor in obj.items():
+        stripped = _strip_wrappers(name)
+        if stripped in state:
+            raise CheckpointError(f"{path}: key {name!r} collides with another after removing wrapper prefixes")
+        state[stripped] = tensor
+    return state
+
+
+def load_into(
+    model: nn.Module,
+    path_or_state,
+    *,
+    strict: bool = True,
+    key: str = "ema",
+    allow_unsafe: bool = False,
+):
+    """Load a checkpoint file (or an in-memory state dict) into `model`.
+
+    Before touching the model, compares names and shapes and raises CheckpointError naming the
+    source, the first missing and first unexpected key (when `strict`) and the first shape
+    mismatch as expected-vs-got. Returns load_state_dict's (missing, unexpected) result.
+    """
+    if isinstance(path_or_state, (str, os.PathLike)):
+        source = str(path_or_state)
+        state = load_weights(path_or_state, key=key, allow_unsafe=allow_unsafe)
+    else:
+        source = "<state dict>"
+        state = {_strip_wrappers(k): v for k, v in path_or_state.items()}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    problems = []
+    if strict and missing:
+        problems.append(f"{len(missing)} missing keys (first: {missing[0]!r})")
+    if strict and unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (first: {unexpected[0]!r})")
+    if mismatched:
+        k = mismatched[0]
+        problems.append(
+            f"{len(mismatched)} shape mismatches (first: {k!r} expected {list(expected[k].shape)}, "
+            f"got {list(state[k].shape)})"
+        )
+    if problems:
+        raise CheckpointError(f"{source}: does not fit {type(model).__name__}: " + "; ".join(problems))
+    return model.load_state_dict(state, strict=strict)
