@@ -1,0 +1,100 @@
+# Images and the texture tokenizer: generated/trained here (toy) or downloaded (paper).
+# Downloads are local rules: compute nodes of a cluster often have no internet access.
+
+DATA = EXP.cfg["data"]
+
+
+def data_path(split):
+    """The image set of a split, as `sfd` commands take it: a toy npz or a class folder."""
+    if DATA["source"] == "toy":
+        return f"{E}/data/{split}.npz"
+    if DATA["source"] == "hf":
+        return f"{E}/data/{split}"
+    return f"{DATA['folder']}/{split}"
+
+
+if DATA["source"] == "toy":
+
+    rule make_toy_data:
+        """The procedural class-conditional toy images (sfd/data/toy.py)."""
+        output:
+            f"{E}/data/{{split}}.npz",
+        params:
+            **cfg("data"),
+        log:
+            logfile("make_toy_data", "/{split}"),
+        benchmark:
+            benchfile("make_toy_data", "/{split}")
+        resources:
+            mem_mb=1000,
+            runtime=10,
+        shell:
+            "sfd make-toy-data --config {CONFIG} --split {wildcards.split} --out {output} > {log} 2>&1"
+
+
+if DATA["source"] == "hf":
+
+    localrules:
+        fetch_data,
+
+    rule fetch_data:
+        """ImageNet from the Hugging Face Hub into the standard class-folder layout."""
+        output:
+            directory(f"{E}/data/{{split}}"),
+        params:
+            **cfg("data.hf"),
+        log:
+            logfile("fetch_data", "/{split}"),
+        benchmark:
+            benchfile("fetch_data", "/{split}")
+        resources:
+            mem_mb=4000,
+            runtime=1440,
+        shell:
+            "sfd fetch-data --config {CONFIG} --split {wildcards.split} --out {output} > {log} 2>&1"
+
+
+TEXTURE_VAE = f"{E}/tokenizer/texture_vae.pt"
+
+if EXP.cfg["texture_vae"]["pretrained"] is None:
+
+    rule train_tokenizer:
+        """The small LDM KL autoencoder of the toy experiment (texture latents)."""
+        input:
+            data_path("train"),
+        output:
+            model=TEXTURE_VAE,
+            metrics=f"{E}/tokenizer/texture_vae.json",
+        params:
+            **cfg("seed", "texture_vae"),
+        log:
+            logfile("train_tokenizer"),
+        benchmark:
+            benchfile("train_tokenizer")
+        resources:
+            mem_mb=2000,
+            runtime=60,
+        shell:
+            "sfd train-tokenizer --config {CONFIG} --data {input} --out {output.model}"
+            " --metrics {output.metrics} > {log} 2>&1"
+
+else:
+
+    localrules:
+        fetch_tokenizer,
+
+    rule fetch_tokenizer:
+        """The released SD-VAE f16d32 texture autoencoder (spec §1.1)."""
+        output:
+            TEXTURE_VAE,
+        params:
+            **cfg("texture_vae.pretrained"),
+        log:
+            logfile("fetch_tokenizer"),
+        benchmark:
+            benchfile("fetch_tokenizer")
+        resources:
+            mem_mb=2000,
+            runtime=120,
+        shell:
+            "sfd fetch-weights --config {CONFIG} --key texture_vae.pretrained --out {output} > {log} 2>&1"

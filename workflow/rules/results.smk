@@ -1,0 +1,57 @@
+# Tables and figures: our measured values next to the paper's (results/*.csv, results/*.png).
+
+
+def table_metrics(wildcards):
+    return [f"{E}/metrics/{run}.json" for run in EXP.table_runs(wildcards.table)]
+
+
+def table_keys(wildcards):
+    return EXP.table_keys(wildcards.table)
+
+
+rule table:
+    """One paper table or figure as CSV: run identity, measured metrics, the paper's, differences."""
+    input:
+        table_metrics,
+    output:
+        report(
+            "results/{table}.csv",
+            caption="../report/table.rst",
+            category="Tables",
+            labels={"table": "{table}"},
+        ),
+    params:
+        **cfg(table_keys),
+    log:
+        logfile("table", "/{table}"),
+    benchmark:
+        benchfile("table", "/{table}")
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "sfd tables --config {CONFIG} --table {wildcards.table} --out {output} {input} > {log} 2>&1"
+
+
+rule plot:
+    """FID against the semantic lead delta_t or against training iterations, with the paper's curve."""
+    input:
+        "results/{table}.csv",
+    output:
+        report(
+            "results/{table}.png",
+            caption="../report/plot.rst",
+            category="Figures",
+            labels={"figure": "{table}"},
+        ),
+    params:
+        **cfg(lambda w: f"tables.{w.table}.plot"),
+    log:
+        logfile("plot", "/{table}"),
+    benchmark:
+        benchfile("plot", "/{table}")
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "sfd plots --config {CONFIG} --table {wildcards.table} --csv {input} --out {output} > {log} 2>&1"
