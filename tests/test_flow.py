@@ -203,3 +203,26 @@ def test_repa_contract_mismatch_is_an_error():
         training_losses(Analytic(repa=True), x1, None, delta_t=0.3, semantic_chans=2)
     with pytest.raises(ValueError, match="no REPA tokens"):
         training_losses(Analytic(repa=False), x1, None, delta_t=0.3, semantic_chans=2, repa_target=target)
+
+
+def test_matches_official_op_order_bitwise():
+    """The official Transport.training_losses + train.py total, written out op by op."""
+    x1, x0, target = tiny_batch(batch=4)
+    t = sample_logit_normal(4, torch.Generator().manual_seed(1))
+    model = Analytic()
+    out = training_losses(model, x1, None, delta_t=0.3, semantic_chans=2, repa_target=target, t=t, noise=x0)
+
+    t_sem = t * (1 + 0.3)
+    t_tex = (t_sem - 0.3).clamp(min=0.0)
+    t_sem = t_sem.clamp(max=1.0)
+    xt = torch.cat([t_tex.view(-1, 1, 1, 1) * x1[:, :2] + (1 - t_tex.view(-1, 1, 1, 1)) * x0[:, :2],
+                    t_sem.view(-1, 1, 1, 1) * x1[:, 2:] + (1 - t_sem.view(-1, 1, 1, 1)) * x0[:, 2:]], dim=1)
+    ut = torch.cat([1 * x1[:, :2] + -1 * x0[:, :2], 1 * x1[:, 2:] + -1 * x0[:, 2:]], dim=1)
+    v, tokens = model(xt, (t_tex, t_sem), None)
+    sq = (v - ut) ** 2
+    mse = torch.mean(torch.cat([sq[:, :2], sq[:, 2:] * 2.0], dim=1), dim=[1, 2, 3])
+    cos = torch.mean(1 - torch.nn.functional.cosine_similarity(v, ut, dim=1), dim=[1, 2])
+    repa = torch.mean(1 - torch.nn.functional.cosine_similarity(target, tokens, dim=-1), dim=[1]) * 1.0
+    total = cos.mean() + mse.mean() + repa.mean()
+    for got, want in ((out["mse"], mse), (out["cos"], cos), (out["repa"], repa), (out["total"], total)):
+        assert torch.equal(got, want)

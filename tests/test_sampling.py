@@ -258,3 +258,22 @@ def test_cfg_without_known_null_label_is_an_error():
 
     with pytest.raises(ValueError, match="null_label"):
         ode_sample(Bare(), noise(), LABELS, delta_t=0.3, semantic_chans=SEM, cfg_scale=2.0)
+
+
+def test_with_the_real_model_contract():
+    """LightningDiT (toy size P): REPA tokens in training, velocity only while sampling."""
+    models = pytest.importorskip("sfd.models")
+    from sfd.flow import training_losses
+
+    cfg = dict(model_type="LightningDiT-P/1", in_chans=C, semantic_chans=SEM, semfirst_delta_t=0.3,
+               use_qknorm=True, use_swiglu=True, use_rope=True, use_rmsnorm=True, use_repa=True, repa_out_dim=8)
+    torch.manual_seed(0)
+    model = models.build_model(cfg, num_classes=10, input_size=4)
+    x1 = torch.randn(3, C, 4, 4)
+    losses = training_losses(model, x1, LABELS, delta_t=0.3, semantic_chans=SEM, repa_target=torch.randn(3, 16, 8),
+                             generator=torch.Generator().manual_seed(0))
+    losses["total"].backward()
+    stats = {}
+    out = ode_sample(model, torch.randn(3, C, 4, 4), LABELS, delta_t=0.3, semantic_chans=SEM, method="euler",
+                     num_steps=5, cfg_scale=1.5, stats=stats)
+    assert out.shape == (3, C, 4, 4) and stats["nfe"] == 4 and model.training
