@@ -64,8 +64,8 @@ def prepare_state(state: Path, digest: str) -> bool:
     return False
 
 
-def _visible(var: str) -> int:
-    value = os.environ.get(var, "").strip()
+def _visible(env, var: str) -> int:
+    value = env.get(var, "").strip()
     return len([d for d in value.split(",") if d]) if value else 0
 
 
@@ -78,7 +78,7 @@ def _hostnames(nodelist: str) -> list[str]:
 def command_line(command: list[str], npus: int = 0, env=os.environ) -> list[str]:
     """The process tree for `command`: itself, torchrun on this node, or srun x torchrun."""
     nodes = int(env.get("SLURM_JOB_NUM_NODES", "1")) if "SLURM_JOB_ID" in env else 1
-    per_node = max(_visible("CUDA_VISIBLE_DEVICES"), _visible("ASCEND_RT_VISIBLE_DEVICES"), 1)
+    per_node = max(_visible(env, "CUDA_VISIBLE_DEVICES"), _visible(env, "ASCEND_RT_VISIBLE_DEVICES"), 1)
     if nodes == 1 and per_node == 1:
         return command
     torchrun = ["torchrun", f"--nproc-per-node={per_node}", "--no-python"]

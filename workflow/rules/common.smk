@@ -1,16 +1,17 @@
-# The experiment, checked before any DAG is built, and the helpers every rule file uses.
+# The experiment, checked before any DAG is built; artifact paths; the helpers the rules use.
+
+import os
 
 from sfd.workflow import matrix
 
 # Validation fills defaults and cross-checks every reference between sections; an unknown key or a
 # dangling reference stops here with a message naming the file and the key.
 EXP = matrix.load(config["experiment"])
-CONFIG = EXP.path
 E = EXP.root
 DEVICE = config["device"]
 if DEVICE is not None and EXP.cfg["device"] not in ("auto", DEVICE):
     raise matrix.ConfigError(
-        f"{CONFIG}: device: the profile runs jobs on {DEVICE!r}, the experiment allows only "
+        f"{EXP.path}: device: the profile runs jobs on {DEVICE!r}, the experiment allows only "
         f"{EXP.cfg['device']!r} (set device: auto there, or run with --config device=...)"
     )
 
@@ -23,18 +24,51 @@ wildcard_constraints:
     split=r"train|val",
 
 
-def logfile(rule_name, pattern=""):
-    return f"logs/{EXP.name}/{rule_name}{pattern}.log"
+# ----------------------------------------------------------------------------
+# Artifacts whose producer depends on the experiment (trained here or downloaded).
+
+DATA = EXP.cfg["data"]
+TEXTURE_VAE = f"{E}/tokenizer/texture_vae.pt"
+ENCODER = None if EXP.cfg["semantic_encoder"]["pretrained"] else f"{E}/semantic/encoder.pt"
+FEATURES = f"{E}/semantic/features/index.json"
+SEMVAE = f"{E}/semantic/semvae.pt"
+LATENTS = f"{E}/latents/index.json"
+STATS = [f"{E}/latents/latents_stats.pt", f"{E}/latents/latents_sv_stats.pt"]
+RELEASED_STATS = [f"{E}/released/stats/latents_stats.pt", f"{E}/released/stats/latents_sv_stats.pt"]
+EVAL = EXP.cfg["evaluation"]
+if EVAL["detector"] == "inception":
+    ASSETS = {name: f"{E}/eval/{os.path.basename(a['url'])}" for name, a in EVAL["assets"].items()}
+    DETECTOR, REFERENCE = ASSETS["inception"], ASSETS["reference"]
+else:
+    DETECTOR, REFERENCE = f"{E}/eval/detector.pb", f"{E}/eval/reference.npz"
 
 
-def benchfile(rule_name, pattern=""):
-    return f"benchmarks/out/{EXP.name}/{rule_name}{pattern}.tsv"
+def data_path(split):
+    """The image set of a split as `sfd` commands take it: a toy npz or a class folder."""
+    if DATA["source"] == "toy":
+        return f"{E}/data/{split}.npz"
+    if DATA["source"] == "hf":
+        return f"{E}/data/{split}"
+    return f"{DATA['folder']}/{split}"
+
+
+# ----------------------------------------------------------------------------
+# Rule helpers.
+
+
+def logfile(*parts):
+    return os.path.join("logs", EXP.name, *parts) + ".log"
+
+
+def benchfile(*parts):
+    return os.path.join("benchmarks", "out", EXP.name, *parts) + ".tsv"
 
 
 def cfg(*keys):
-    """Rule params: the config values a command reads (`cfg`, Snakemake's rerun trigger) and their
-    dotted keys (`cfg_keys`, handed to `sfd launch` and turned into DVC params by `sfd dvc-yaml`).
-    A key may be a function of the wildcards returning a key or a list of keys."""
+    """Rule params from the experiment file: the values a command reads (`cfg`: Snakemake's
+    params rerun-trigger sees exactly these change), their dotted keys (`cfg_keys`: for `sfd
+    launch`, and DVC params in `sfd dvc-yaml`) and the file itself (`experiment`). A key may be
+    a function of the wildcards returning a key or a list of keys."""
 
     def resolve(wildcards):
         out = []
@@ -44,6 +78,7 @@ def cfg(*keys):
         return out
 
     return {
+        "experiment": EXP.path,
         "cfg": lambda w: EXP.params(*resolve(w)),
         "cfg_keys": lambda w: " ".join(resolve(w)),
     }
@@ -70,11 +105,70 @@ def launch(devices=None):
     npus = (devices or config["devices_per_node"]) if DEVICE == "npu" else 0
     return (
         "sfd launch" + (f" --npus {npus}" if npus else "")
-        + " --state {params.state} --config {CONFIG} --keys {params.cfg_keys} --inputs {input} -- "
+        + " --state {params.state} --config {params.experiment} --keys {params.cfg_keys}"
+        " --inputs {input} -- "
     )
 
 
+def parent(name, levels=1):
+    """A params function: the directory `levels` above a file of the job, named by its input or
+    output key, or 'input' / 'output' for the first one."""
+
+    def directory(wildcards, input, output):
+        if name in ("input", "output"):
+            path = (input if name == "input" else output)[0]
+        else:
+            path = getattr(output if name in output.keys() else input, name)
+            path = path[0] if isinstance(path, list) else path
+        for _ in range(levels):
+            path = os.path.dirname(path)
+        return path
+
+    return directory
+
+
+def option(flag, name):
+    """A params function: `flag <input file name>` when the job has that input, else nothing."""
+
+    def render(wildcards, input):
+        return f"{flag} {getattr(input, name)}" if name in input.keys() else ""
+
+    return render
+
+
+def encoder_input():
+    """The encoder weights trained here; a pretrained encoder comes from timm's Hub cache."""
+    return {"encoder": ENCODER} if ENCODER else {}
+
+
+def train_inputs(wildcards):
+    inputs = {"latents": LATENTS, "stats": STATS}
+    prev = EXP.previous_step(wildcards.model, int(wildcards.step))
+    if prev is not None:
+        inputs["init"] = EXP.checkpoint(wildcards.model, prev)
+    return inputs
+
+
+def sample_inputs(wildcards):
+    """EMA weights (trained here or released), the AutoGuidance model's, and what decodes them."""
+    spec = EXP.run(wildcards.run)
+    source = spec["source"]
+    inputs = {
+        "ckpt": EXP.ema(spec["model"], spec["step"], source),
+        "texture_vae": TEXTURE_VAE,
+        "stats": RELEASED_STATS if source == "released" else STATS,
+    }
+    if spec["guidance"]["kind"] == "autoguidance":
+        inputs["guide"] = EXP.ema(spec["guidance"]["model"], spec["guidance"]["step"], source)
+    return inputs
+
+
+def table_metrics(wildcards):
+    return [f"{E}/metrics/{run}.json" for run in EXP.table_runs(wildcards.table)]
+
+
 def all_targets(wildcards):
-    targets = [f"results/{t}.csv" for t in EXP.cfg["tables"]]
-    targets += [f"results/{t}.png" for t, table in EXP.cfg["tables"].items() if table["plot"] != "none"]
-    return targets
+    tables = EXP.cfg["tables"]
+    return [f"results/{t}.csv" for t in tables] + [
+        f"results/{t}.png" for t, table in tables.items() if table["plot"] != "none"
+    ]

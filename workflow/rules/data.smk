@@ -1,17 +1,5 @@
-# Images and the texture tokenizer: generated/trained here (toy) or downloaded (paper).
+# Images and the texture tokenizer: generated and trained here (toy) or downloaded (paper).
 # Downloads are local rules: compute nodes of a cluster often have no internet access.
-
-DATA = EXP.cfg["data"]
-
-
-def data_path(split):
-    """The image set of a split, as `sfd` commands take it: a toy npz or a class folder."""
-    if DATA["source"] == "toy":
-        return f"{E}/data/{split}.npz"
-    if DATA["source"] == "hf":
-        return f"{E}/data/{split}"
-    return f"{DATA['folder']}/{split}"
-
 
 if DATA["source"] == "toy":
 
@@ -21,15 +9,18 @@ if DATA["source"] == "toy":
             f"{E}/data/{{split}}.npz",
         params:
             **cfg("data"),
+        conda:
+            "../envs/sfd.yaml"
         log:
-            logfile("make_toy_data", "/{split}"),
+            logfile("make_toy_data", "{split}"),
         benchmark:
-            benchfile("make_toy_data", "/{split}")
+            benchfile("make_toy_data", "{split}")
         resources:
             mem_mb=1000,
             runtime=10,
         shell:
-            "sfd make-toy-data --config {CONFIG} --split {wildcards.split} --out {output} > {log} 2>&1"
+            "sfd make-toy-data --config {params.experiment} --split {wildcards.split} --out {output}"
+            " > {log} 2>&1"
 
 
 if DATA["source"] == "hf":
@@ -43,18 +34,19 @@ if DATA["source"] == "hf":
             directory(f"{E}/data/{{split}}"),
         params:
             **cfg("data.hf"),
+        conda:
+            "../envs/sfd.yaml"
         log:
-            logfile("fetch_data", "/{split}"),
+            logfile("fetch_data", "{split}"),
         benchmark:
-            benchfile("fetch_data", "/{split}")
+            benchfile("fetch_data", "{split}")
         resources:
             mem_mb=4000,
             runtime=1440,
         shell:
-            "sfd fetch-data --config {CONFIG} --split {wildcards.split} --out {output} > {log} 2>&1"
+            "sfd fetch-data --config {params.experiment} --split {wildcards.split} --out {output}"
+            " > {log} 2>&1"
 
-
-TEXTURE_VAE = f"{E}/tokenizer/texture_vae.pt"
 
 if EXP.cfg["texture_vae"]["pretrained"] is None:
 
@@ -67,6 +59,8 @@ if EXP.cfg["texture_vae"]["pretrained"] is None:
             metrics=f"{E}/tokenizer/texture_vae.json",
         params:
             **cfg("seed", "texture_vae"),
+        conda:
+            "../envs/sfd.yaml"
         log:
             logfile("train_tokenizer"),
         benchmark:
@@ -75,7 +69,7 @@ if EXP.cfg["texture_vae"]["pretrained"] is None:
             mem_mb=2000,
             runtime=60,
         shell:
-            "sfd train-tokenizer --config {CONFIG} --data {input} --out {output.model}"
+            "sfd train-tokenizer --config {params.experiment} --data {input} --out {output.model}"
             " --metrics {output.metrics} > {log} 2>&1"
 
 else:
@@ -89,6 +83,8 @@ else:
             TEXTURE_VAE,
         params:
             **cfg("texture_vae.pretrained"),
+        conda:
+            "../envs/sfd.yaml"
         log:
             logfile("fetch_tokenizer"),
         benchmark:
@@ -97,4 +93,5 @@ else:
             mem_mb=2000,
             runtime=120,
         shell:
-            "sfd fetch-weights --config {CONFIG} --key texture_vae.pretrained --out {output} > {log} 2>&1"
+            "sfd fetch-weights --config {params.experiment} --key texture_vae.pretrained --out {output}"
+            " > {log} 2>&1"

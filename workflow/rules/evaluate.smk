@@ -1,22 +1,21 @@
-# The ADM-equivalent evaluator (spec §5): Inception assets downloaded (paper) or a detector with
-# the same tensor names trained on the toy classes (toy), then metrics per run.
-
-EVAL = EXP.cfg["evaluation"]
+# The ADM-equivalent evaluator (spec §5): ADM's Inception assets downloaded (paper), or a
+# detector with the same tensor names trained on the toy classes (toy); then metrics per run.
 
 if EVAL["detector"] == "inception":
-    ASSETS = {name: f"{E}/eval/{os.path.basename(a['url'])}" for name, a in EVAL["assets"].items()}
-    DETECTOR, REFERENCE = ASSETS["inception"], ASSETS["reference"]
 
     localrules:
         fetch_eval_assets,
 
     rule fetch_eval_assets:
-        """ADM's Inception GraphDef and the VIRTUAL_imagenet256_labeled reference batch."""
+        """ADM's Inception GraphDef, the VIRTUAL_imagenet256_labeled reference batch and ADM's
+        own sample batch (the evaluator's validation target)."""
         output:
             list(ASSETS.values()),
         params:
             **cfg("evaluation.assets"),
-            out_dir=f"{E}/eval",
+            out_dir=parent("inception"),
+        conda:
+            "../envs/sfd.yaml"
         log:
             logfile("fetch_eval_assets"),
         benchmark:
@@ -25,13 +24,12 @@ if EVAL["detector"] == "inception":
             mem_mb=1000,
             runtime=120,
         shell:
-            "sfd fetch-eval-assets --config {CONFIG} --out-dir {params.out_dir} > {log} 2>&1"
+            "sfd fetch-eval-assets --config {params.experiment} --out-dir {params.out_dir} > {log} 2>&1"
 
 else:
-    DETECTOR, REFERENCE = f"{E}/eval/detector.pb", f"{E}/eval/reference.npz"
 
     rule train_detector:
-        """The toy evaluator's feature network (pool_3, mixed_6/conv and logits as in Inception)."""
+        """The toy evaluator's network, with Inception's tensor names (pool_3, mixed_6/conv, logits)."""
         input:
             data=data_path("train"),
             val=data_path("val"),
@@ -40,6 +38,8 @@ else:
             metrics=f"{E}/eval/detector.json",
         params:
             **cfg("evaluation.toy_detector"),
+        conda:
+            "../envs/sfd.yaml"
         log:
             logfile("train_detector"),
         benchmark:
@@ -48,17 +48,19 @@ else:
             mem_mb=2000,
             runtime=60,
         shell:
-            "sfd train-detector --config {CONFIG} --data {input.data} --val {input.val}"
+            "sfd train-detector --config {params.experiment} --data {input.data} --val {input.val}"
             " --out {output.model} --metrics {output.metrics} > {log} 2>&1"
 
     rule make_reference:
-        """The toy reference batch: real held-out images, as ADM's VIRTUAL batch."""
+        """The toy reference batch: held-out real images, as ADM's VIRTUAL batch."""
         input:
             data_path("val"),
         output:
             REFERENCE,
         params:
             **cfg("evaluation.reference_size"),
+        conda:
+            "../envs/sfd.yaml"
         log:
             logfile("make_reference"),
         benchmark:
@@ -67,7 +69,7 @@ else:
             mem_mb=2000,
             runtime=30,
         shell:
-            "sfd make-reference --config {CONFIG} --data {input} --out {output} > {log} 2>&1"
+            "sfd make-reference --config {params.experiment} --data {input} --out {output} > {log} 2>&1"
 
 
 rule evaluate:
@@ -82,13 +84,15 @@ rule evaluate:
         **cfg("evaluation.detector", "evaluation.metric_label", "evaluation.num_samples",
               "evaluation.batch_size", "evaluation.softmax_batch_size"),
         cache=f"{E}/eval/cache",
+    conda:
+        "../envs/sfd.yaml"
     log:
-        logfile("evaluate", "/{run}"),
+        logfile("evaluate", "{run}"),
     benchmark:
-        benchfile("evaluate", "/{run}")
+        benchfile("evaluate", "{run}")
     resources:
         mem_mb=16000,
         runtime=240,
     shell:
-        "sfd evaluate {input.samples} --config {CONFIG} --reference {input.reference}"
+        "sfd evaluate {input.samples} --config {params.experiment} --reference {input.reference}"
         " --detector {input.detector} --cache-dir {params.cache} --output {output} > {log} 2>&1"

@@ -1,35 +1,34 @@
 # The composite latent dataset (texture channels first, semantic last; spec §1.3-1.4) and the
 # per-channel statistics that normalise it.
 
-LATENTS = f"{E}/latents"
-STATS = [f"{LATENTS}/latents_stats.pt", f"{LATENTS}/latents_sv_stats.pt"]
-RELEASED_STATS = [f"{E}/released/stats/latents_stats.pt", f"{E}/released/stats/latents_sv_stats.pt"]
-
 
 rule extract_latents:
-    """Texture VAE posterior samples + Semantic VAE samples of every image and of its flip, with
-    the encoder tokens as REPA targets; sharded, resumable, one shard range per device."""
+    """Texture VAE and Semantic VAE posterior samples of every image and of its flip, with the
+    encoder tokens as REPA targets; sharded, resumable, one shard range per device."""
     input:
         data=data_path("train"),
         texture_vae=TEXTURE_VAE,
         semvae=SEMVAE,
         **encoder_input(),
     output:
-        f"{LATENTS}/index.json",
+        LATENTS,
     params:
         **cfg("seed", "latents", "semantic_encoder"),
-        state=LATENTS,
-        encoder=encoder_arg,
+        state=parent("output"),
+        encoder=option("--encoder", "encoder"),
+    conda:
+        "../envs/sfd.yaml"
     log:
         logfile("extract_latents"),
     benchmark:
         benchfile("extract_latents")
+    threads: 2
     resources:
         mem_mb=16000,
         runtime=2880,
         **device_resources(),
     shell:
-        launch() + "sfd extract-latents --config {CONFIG} --data {input.data}"
+        launch() + "sfd extract-latents --config {params.experiment} --data {input.data}"
         " --texture-vae {input.texture_vae} {params.encoder} --semvae {input.semvae}"
         " --out {params.state} > {log} 2>&1"
 
@@ -37,11 +36,14 @@ rule extract_latents:
 rule latent_stats:
     """Mean/std per channel over a seeded sample of un-flipped latents."""
     input:
-        f"{LATENTS}/index.json",
+        LATENTS,
     output:
         STATS,
     params:
         **cfg("seed", "latents.stats_samples"),
+        latents=parent("input"),
+    conda:
+        "../envs/sfd.yaml"
     log:
         logfile("latent_stats"),
     benchmark:
@@ -50,7 +52,7 @@ rule latent_stats:
         mem_mb=8000,
         runtime=120,
     shell:
-        "sfd latent-stats --config {CONFIG} --latents {LATENTS} > {log} 2>&1"
+        "sfd latent-stats --config {params.experiment} --latents {params.latents} > {log} 2>&1"
 
 
 if EXP.released_weights:
@@ -64,7 +66,9 @@ if EXP.released_weights:
             RELEASED_STATS,
         params:
             **cfg("latents.released_stats"),
-            dir=f"{E}/released/stats",
+            stats=parent("output"),
+        conda:
+            "../envs/sfd.yaml"
         log:
             logfile("fetch_released_stats"),
         benchmark:
@@ -73,4 +77,5 @@ if EXP.released_weights:
             mem_mb=1000,
             runtime=60,
         shell:
-            "sfd latent-stats --config {CONFIG} --released --latents {params.dir} > {log} 2>&1"
+            "sfd latent-stats --config {params.experiment} --released --latents {params.stats}"
+            " > {log} 2>&1"

@@ -1,12 +1,4 @@
-# Tables and figures: our measured values next to the paper's (results/*.csv, results/*.png).
-
-
-def table_metrics(wildcards):
-    return [f"{E}/metrics/{run}.json" for run in EXP.table_runs(wildcards.table)]
-
-
-def table_keys(wildcards):
-    return EXP.table_keys(wildcards.table)
+# Tables and figures: our measured values beside the paper's (results/*.csv, results/*.png).
 
 
 rule table:
@@ -21,20 +13,23 @@ rule table:
             labels={"table": "{table}"},
         ),
     params:
-        **cfg(table_keys),
+        **cfg(lambda w: EXP.table_keys(w.table)),
+    conda:
+        "../envs/sfd.yaml"
     log:
-        logfile("table", "/{table}"),
+        logfile("table", "{table}"),
     benchmark:
-        benchfile("table", "/{table}")
+        benchfile("table", "{table}")
     resources:
         mem_mb=1000,
         runtime=10,
     shell:
-        "sfd tables --config {CONFIG} --table {wildcards.table} --out {output} {input} > {log} 2>&1"
+        "sfd tables --config {params.experiment} --table {wildcards.table} --out {output} {input}"
+        " > {log} 2>&1"
 
 
 rule plot:
-    """FID against the semantic lead delta_t or against training iterations, with the paper's curve."""
+    """FID against the semantic lead delta_t or against training iterations, with the paper's."""
     input:
         "results/{table}.csv",
     output:
@@ -46,12 +41,15 @@ rule plot:
         ),
     params:
         **cfg(lambda w: f"tables.{w.table}.plot"),
+    conda:
+        "../envs/sfd.yaml"
     log:
-        logfile("plot", "/{table}"),
+        logfile("plot", "{table}"),
     benchmark:
-        benchfile("plot", "/{table}")
+        benchfile("plot", "{table}")
     resources:
         mem_mb=1000,
         runtime=10,
     shell:
-        "sfd plots --config {CONFIG} --table {wildcards.table} --csv {input} --out {output} > {log} 2>&1"
+        "sfd plots --config {params.experiment} --table {wildcards.table} --csv {input}"
+        " --out {output} > {log} 2>&1"

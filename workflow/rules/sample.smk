@@ -1,26 +1,29 @@
 # Generation: N balanced samples per run (model, checkpoint, guidance), then the ADM npz.
 
+if EXP.released_weights:
 
-def sample_inputs(wildcards):
-    """EMA weights (trained here or released), the AutoGuidance model's, and what decodes them."""
-    spec = EXP.run(wildcards.run)
-    source = spec["source"]
-    inputs = {
-        "ckpt": EXP.ema(spec["model"], spec["step"], source),
-        "texture_vae": TEXTURE_VAE,
-        "stats": RELEASED_STATS if source == "released" else STATS,
-    }
-    if spec["guidance"]["kind"] == "autoguidance":
-        inputs["guide"] = EXP.ema(spec["guidance"]["model"], spec["guidance"]["step"], source)
-    return inputs
+    localrules:
+        fetch_released,
 
-
-def guide_arg(wildcards, input):
-    return f"--guide-ckpt {input.guide}" if "guide" in input.keys() else ""
-
-
-def stats_dir(wildcards, input):
-    return os.path.dirname(input.stats[0])
+    rule fetch_released:
+        """An EMA checkpoint released by the SFD authors (Hub repo `released.repo_id`)."""
+        output:
+            f"{E}/released/{{model}}/{{step}}.pt",
+        params:
+            **cfg("released"),
+            file=lambda w: EXP.released_file(w.model, int(w.step)),
+        conda:
+            "../envs/sfd.yaml"
+        log:
+            logfile("fetch_released", "{model}_{step}"),
+        benchmark:
+            benchfile("fetch_released", "{model}_{step}")
+        resources:
+            mem_mb=2000,
+            runtime=240,
+        shell:
+            "sfd fetch-weights --config {params.experiment} --key released --filename {params.file}"
+            " --out {output} > {log} 2>&1"
 
 
 rule sample:
@@ -31,21 +34,25 @@ rule sample:
         f"{E}/samples/{{run}}/index.json",
     params:
         **cfg(lambda w: EXP.sample_keys(w.run)),
-        state=f"{E}/samples/{{run}}",
+        state=parent("output"),
         args=lambda w: EXP.sample_args(w.run),
-        guide=guide_arg,
-        stats=stats_dir,
+        guide=option("--guide-ckpt", "guide"),
+        stats=parent("stats"),
+    conda:
+        "../envs/sfd.yaml"
     log:
-        logfile("sample", "/{run}"),
+        logfile("sample", "{run}"),
     benchmark:
-        benchfile("sample", "/{run}")
+        benchfile("sample", "{run}")
+    threads: 2
     resources:
         mem_mb=16000,
         runtime=1440,
         **device_resources(),
     shell:
-        launch() + "sfd sample --config {CONFIG} {params.args} --ckpt {input.ckpt} {params.guide}"
-        " --latents {params.stats} --texture-vae {input.texture_vae} --out {params.state} > {log} 2>&1"
+        launch() + "sfd sample --config {params.experiment} {params.args} --ckpt {input.ckpt}"
+        " {params.guide} --latents {params.stats} --texture-vae {input.texture_vae}"
+        " --out {params.state} > {log} 2>&1"
 
 
 rule pack:
@@ -62,14 +69,16 @@ rule pack:
         ),
     params:
         **cfg("sampling.pack_seed", "sampling.grid_classes", "sampling.grid_per_class"),
-        samples=f"{E}/samples/{{run}}",
+        samples=parent("input"),
+    conda:
+        "../envs/sfd.yaml"
     log:
-        logfile("pack", "/{run}"),
+        logfile("pack", "{run}"),
     benchmark:
-        benchfile("pack", "/{run}")
+        benchfile("pack", "{run}")
     resources:
         mem_mb=16000,
         runtime=60,
     shell:
-        "sfd pack --config {CONFIG} --samples {params.samples} --out {output.npz} --grid {output.grid}"
-        " > {log} 2>&1"
+        "sfd pack --config {params.experiment} --samples {params.samples} --out {output.npz}"
+        " --grid {output.grid} > {log} 2>&1"

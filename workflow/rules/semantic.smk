@@ -1,18 +1,5 @@
-# Semantic side: the encoder (trained here for the toy, DINOv2 Hub weights for the paper), its
-# features for Semantic VAE training, and the Semantic VAE itself.
-
-ENCODER = None if EXP.cfg["semantic_encoder"]["pretrained"] else f"{E}/semantic/encoder.pt"
-SEMVAE = f"{E}/semantic/semvae.pt"
-
-
-def encoder_arg(wildcards, input):
-    """`--encoder PATH` for an encoder trained here; timm's Hub weights otherwise."""
-    return f"--encoder {input.encoder}" if ENCODER else ""
-
-
-def encoder_input():
-    return {"encoder": ENCODER} if ENCODER else {}
-
+# Semantic side: the encoder (trained here for the toy; DINOv2 Hub weights for the paper), its
+# tokens of the training images, and the Semantic VAE trained on them.
 
 if ENCODER:
 
@@ -21,10 +8,11 @@ if ENCODER:
         input:
             data_path("train"),
         output:
-            model=ENCODER,
-            metrics=f"{E}/semantic/encoder.json",
+            ENCODER,
         params:
             **cfg("seed", "semantic_encoder"),
+        conda:
+            "../envs/sfd.yaml"
         log:
             logfile("train_semantic_encoder"),
         benchmark:
@@ -33,7 +21,7 @@ if ENCODER:
             mem_mb=2000,
             runtime=60,
         shell:
-            "sfd train-semantic-encoder --config {CONFIG} --data {input} --out {output.model}"
+            "sfd train-semantic-encoder --config {params.experiment} --data {input} --out {output}"
             " > {log} 2>&1"
 
 
@@ -43,42 +31,48 @@ rule extract_features:
         data=data_path("train"),
         **encoder_input(),
     output:
-        f"{E}/semantic/features/index.json",
+        FEATURES,
     params:
         **cfg("semantic_encoder"),
-        state=f"{E}/semantic/features",
-        encoder=encoder_arg,
+        state=parent("output"),
+        encoder=option("--encoder", "encoder"),
+    conda:
+        "../envs/sfd.yaml"
     log:
         logfile("extract_features"),
     benchmark:
         benchfile("extract_features")
+    threads: 2
     resources:
         mem_mb=8000,
         runtime=1440,
         **device_resources(devices=1),
     shell:
-        launch(devices=1) + "sfd extract-features --config {CONFIG} --data {input.data} {params.encoder}"
-        " --out {params.state} > {log} 2>&1"
+        launch(devices=1) + "sfd extract-features --config {params.experiment} --data {input.data}"
+        " {params.encoder} --out {params.state} > {log} 2>&1"
 
 
 rule train_semvae:
-    """The Semantic VAE (tokens -> 16x16xC semantic latent), resumable from its run directory."""
+    """The Semantic VAE (tokens -> semantic latent), resumable from its run directory."""
     input:
-        f"{E}/semantic/features/index.json",
+        FEATURES,
     output:
         SEMVAE,
     params:
         **cfg("seed", "semvae"),
         state=f"{E}/semantic/semvae_run",
-        features=f"{E}/semantic/features",
+        features=parent("input"),
+    conda:
+        "../envs/sfd.yaml"
     log:
         logfile("train_semvae"),
     benchmark:
         benchfile("train_semvae")
+    threads: 2
     resources:
         mem_mb=16000,
         runtime=2880,
         **device_resources(devices=1),
     shell:
-        launch(devices=1) + "sfd train-semvae --config {CONFIG} --features {params.features} --out {output}"
-        " --run-dir {params.state} > {log} 2>&1"
+        launch(devices=1) + "sfd train-semvae --config {params.experiment} --features {params.features}"
+        " --out {output} --run-dir {params.state} > {log} 2>&1"
