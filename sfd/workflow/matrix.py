@@ -161,9 +161,11 @@ class Experiment:
             args.append("--allow-unsafe-pickle")
         return " ".join(args)
 
-    def released_file(self, model: str, step: int) -> str:
-        """The Hub path of a released EMA checkpoint."""
-        return self.cfg["released"]["checkpoints"][model].format(step=step)
+    def released_args(self, model: str, step: int) -> str:
+        """`sfd fetch-weights` options naming a released EMA checkpoint on the Hub."""
+        released = self.cfg["released"]
+        args = f"--repo-id {released['repo_id']} --filename {released['checkpoints'][model].format(step=step)}"
+        return args + (f" --revision {released['revision']}" if released["revision"] else "")
 
     @cached_property
     def released_weights(self) -> list[tuple[str, int]]:
@@ -206,6 +208,8 @@ def check(exp: Experiment) -> None:
                 f"{src}: models.{name}.train.keep_steps: {late} lie beyond the last budget {last}"
             )
     released = cfg["released"]["checkpoints"]
+    if any(run["source"] == "released" for run in cfg["runs"].values()) and cfg["latents"]["released_stats"] is None:
+        raise ConfigError(f"{src}: latents.released_stats: runs with source released need the released statistics")
 
     def check_weights(key: str, model, step, source: str) -> None:
         if model not in models:

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -35,13 +36,15 @@ def read_rows(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _series(rows, x_key, y_key, group_key):
+def _series(rows, x_key, y_key, group_key, default):
+    """Points (x, y) per group, sorted by x; rows lacking either value are left out."""
     out = {}
     for row in rows:
         if row.get(x_key, "") == "" or row.get(y_key, "") == "":
             continue
         x = iterations(row[x_key]) if x_key in ("step", "paper_iter") else float(row[x_key])
-        out.setdefault(row[group_key] or "SFD", []).append((x, float(row[y_key])))
+        name = (row[group_key] if group_key else "") or default
+        out.setdefault(name, []).append((x, float(row[y_key])))
     return {name: sorted(points) for name, points in out.items()}
 
 
@@ -51,20 +54,25 @@ def draw(rows: list[dict], kind: str, title: str, out: Path) -> None:
     y_key, label = ("toy_fid", "toy-FID (ours, toy detector)") if toy else ("ours_fid", "FID (ours)")
     x_key, paper_x = ("delta_t", "paper_delta_t") if kind == "delta_t" else ("step", "paper_iter")
 
+    # Each Δt is its own model, so the Δt figure joins all runs; the convergence figure one per model.
+    group = "model" if kind == "step" else None
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for name, points in _series(measured, x_key, y_key, "model").items():
-        ax.plot(*zip(*points), "o-", label=f"{name} ({label})")
-    paper_ax = ax.twinx() if toy else ax
-    for name, points in _series(rows, paper_x, "paper_fid", "paper_method").items():
-        paper_ax.plot(*zip(*points), "s--", alpha=0.6, label=f"paper: {name}")
+    colors = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4)
+    for name, points in _series(measured, x_key, y_key, group, "SFD").items():
+        ax.plot(*zip(*points), "o-", color=next(colors), label=f"{name} ({label})")
+    paper = _series(rows, paper_x, "paper_fid", "paper_method", "SFD")
+    paper_ax = ax.twinx() if toy and paper else ax
+    for name, points in paper.items():
+        paper_ax.plot(*zip(*points), "s--", color=next(colors), alpha=0.6, label=f"paper: {name}")
     if kind == "step":
+        for a in dict.fromkeys((ax, paper_ax)):
+            a.set_yscale("log")
+            a.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            a.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xscale("log")
-        ax.set_yscale("log")
-        if toy:
-            paper_ax.set_yscale("log")
     ax.set_xlabel("Δt (semantic lead)" if kind == "delta_t" else "training iterations")
     ax.set_ylabel(label)
-    if toy:
+    if paper_ax is not ax:
         paper_ax.set_ylabel("paper FID-50K (not comparable)")
     handles = [h for a in dict.fromkeys((ax, paper_ax)) for h in a.get_legend_handles_labels()[0]]
     ax.legend(handles, [h.get_label() for h in handles], fontsize=7)

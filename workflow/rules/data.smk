@@ -44,7 +44,7 @@ if DATA["source"] == "hf":
             mem_mb=4000,
             runtime=1440,
         shell:
-            "sfd fetch-data --config {params.experiment} --split {wildcards.split} --out {output}"
+            "sfd fetch-imagenet --config {params.experiment} --split {wildcards.split} --out {output}"
             " > {log} 2>&1"
 
 

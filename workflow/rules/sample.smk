@@ -11,7 +11,7 @@ if EXP.released_weights:
             f"{E}/released/{{model}}/{{step}}.pt",
         params:
             **cfg("released"),
-            file=lambda w: EXP.released_file(w.model, int(w.step)),
+            hub=lambda w: EXP.released_args(w.model, int(w.step)),
         conda:
             "../envs/sfd.yaml"
         log:
@@ -22,8 +22,7 @@ if EXP.released_weights:
             mem_mb=2000,
             runtime=240,
         shell:
-            "sfd fetch-weights --config {params.experiment} --key released --filename {params.file}"
-            " --out {output} > {log} 2>&1"
+            "sfd fetch-weights {params.hub} --out {output} > {log} 2>&1"
 
 
 rule sample:
