@@ -1,0 +1,311 @@
+"""`sfd sample`: the N-sample evaluation set of one (model, checkpoint, guidance) (spec §4.4).
+
+Every sample is a pure function of its global index g, so the output does not depend on how many
+devices made it (the official inference.py seeds by rank and sizes batches by world size,
+pitfalls 7 and 11):
+  * label(g) = floor(g · num_classes / N): balanced, N / num_classes per class when divisible, in
+    class order (the official g // 50 for N = 50,000);
+  * noise(g) = randn from a CPU generator seeded by (seed, g), then moved to the device, so CUDA, NPU
+    and CPU runs start from the same noise;
+  * batch k is the global index range [k·B, (k+1)·B), whatever the world size: dopri5's adaptive
+    step uses an error norm over the whole batch tensor, so batch composition must not depend on
+    the number of ranks;
+  * shard j is [j·S, (j+1)·S) with S a multiple of B; ranks take whole shards round-robin
+    (shard j -> rank j mod world), i.e. whole batches.
+Sampling runs in fp32 without TF32 (the official code enables TF32), with the EMA weights.
+
+Output directory: `shard-XXXXX.npz` (images uint8 [n,H,W,3], labels, indices, nfe per batch) written
+atomically, `meta.json` (what is being sampled, checked on resume) first and `index.json` last.
+Resume = run the same command again: existing shards are kept and the missing ones made, so the
+final set is identical to an uninterrupted run.
+"""
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sfd import distributed as dist
+from sfd.checkpoint import CheckpointError
+from sfd.config import ConfigError, load_experiment
+from sfd.io import atomic_path, sha256, write_json
+
+log = logging.getLogger("sfd.generate")
+
+INDEX_VERSION = 1
+
+# ----------------------------------------------------------------------------
+# Index arithmetic: labels, noise, batches and shards are functions of the global index.
+
+
+def balanced_labels(indices: torch.Tensor, num_samples: int, num_classes: int) -> torch.Tensor:
+    """label(g) = floor(g · num_classes / num_samples) (int64)."""
+    return torch.div(indices.long() * num_classes, num_samples, rounding_mode="floor")
+
+
+def sample_seed(seed: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def sample_noise(indices, shape, seed: int) -> torch.Tensor:
+    """[len(indices), *shape] float32 noise; row i drawn from a CPU generator seeded by (seed, g_i)."""
+    rows = []
+    for index in indices:
+        generator = torch.Generator().manual_seed(sample_seed(seed, int(index)))
+        rows.append(torch.randn(shape, generator=generator))
+    return torch.stack(rows)
+
+
+def shard_ranges(num_samples: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + shard_size, num_samples)) for start in range(0, num_samples, shard_size)]
+
+
+def batch_ranges(start: int, stop: int, batch_size: int) -> list[tuple[int, int]]:
+    """Global batches [k·B, (k+1)·B) inside a shard (which starts on a batch boundary)."""
+    return [(b, min(b + batch_size, stop)) for b in range(start, stop, batch_size)]
+
+
+def shard_path(out: Path, shard: int) -> Path:
+    return out / f"shard-{shard:05d}.npz"
+
+
+def read_shard(path: Path, start: int, stop: int) -> dict | None:
+    """A complete shard's arrays, or None if it is missing or not the expected range."""
+    try:
+        with np.load(path) as data:
+            arrays = {key: data[key] for key in ("images", "labels", "indices")}
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    if not np.array_equal(arrays["indices"], np.arange(start, stop)) or len(arrays["images"]) != stop - start:
+        return None
+    return arrays
+
+
+# ----------------------------------------------------------------------------
+# Models.
+
+
+def latent_size(state_dict: dict, model_cfg: dict) -> int:
+    """The latent grid the checkpoint was trained on, read from its pos_embed [1, T, D] (T = (H/p)²)."""
+    from sfd.models.lightningdit import parse_model_type
+
+    tokens = state_dict["pos_embed"].shape[1]
+    side = int(round(tokens**0.5))
+    if side * side != tokens:
+        raise ConfigError(f"pos_embed has {tokens} tokens, not a square grid")
+    return side * parse_model_type(model_cfg["model_type"])[1]
+
+
+def load_ema_model(cfg: dict, model_name: str, ckpt: Path, num_classes: int, device, allow_unsafe: bool, source: str):
+    """models.<model_name> with the EMA weights of `ckpt` (any layout sfd.checkpoint accepts)."""
+    from sfd.checkpoint import load_into, load_weights
+    from sfd.models import build_model
+
+    if model_name not in cfg.get("models", {}):
+        raise ConfigError(f"{source}: models.{model_name}: no such model (have: {', '.join(cfg.get('models', {}))})")
+    model_cfg = cfg["models"][model_name]["model"]
+    state = load_weights(ckpt, allow_unsafe=allow_unsafe)
+    if "pos_embed" not in state:
+        raise ConfigError(f"{ckpt}: no pos_embed entry; not a LightningDiT checkpoint")
+    model = build_model(model_cfg, num_classes=num_classes, input_size=latent_size(state, model_cfg))
+    load_into(model, state)
+    return model.to(device).eval().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------
+# The sampling loop.
+
+
+def guidance_settings(scfg: dict, guidance: str, cfg_scale: float | None, guide_model: str | None) -> dict:
+    scale = scfg["cfg_scale"] if cfg_scale is None else cfg_scale
+    if guidance == "none":
+        scale = 1.0
+    if guidance == "autoguidance" and guide_model is None:
+        raise ConfigError("guidance autoguidance needs --guide-model and --guide-ckpt (the weak model)")
+    if guidance != "none" and scale <= 1.0:
+        log.warning("guidance %s with scale %s <= 1 is unguided sampling", guidance, scale)
+    return {"guidance": guidance, "cfg_scale": float(scale), "cfg_interval_start": scfg["cfg_interval_start"]}
+
+
+def sample(
+    cfg: dict,
+    model_name: str,
+    ckpt: Path,
+    latents: Path,
+    texture_vae: Path,
+    out: Path,
+    *,
+    guidance: str | None = None,
+    cfg_scale: float | None = None,
+    guide_model: str | None = None,
+    guide_ckpt: Path | None = None,
+    num_samples: int | None = None,
+    allow_unsafe: bool = False,
+    source: str = "<config>",
+) -> int:
+    from sfd.latents import denormalize_texture, load_stats
+    from sfd.sampling import ode_sample
+    from sfd.tokenizers import load_texture_vae
+
+    scfg = cfg["sampling"]
+    n = scfg["num_samples"] if num_samples is None else num_samples
+    if scfg["shard_size"] % scfg["batch_size"]:
+        raise ConfigError(f"{source}: sampling.shard_size {scfg['shard_size']} is not a multiple of batch_size {scfg['batch_size']}")
+    guide = guidance_settings(scfg, guidance or scfg["guidance"], cfg_scale, guide_model)
+    if guide["guidance"] == "autoguidance" and guide_ckpt is None:
+        raise ConfigError("guidance autoguidance needs --guide-ckpt")
+    for name in (model_name, guide_model if guide["guidance"] == "autoguidance" else None):
+        if name is not None and name not in cfg.get("models", {}):
+            raise ConfigError(f"{source}: models.{name}: no such model (have: {', '.join(cfg.get('models', {}))})")
+    for path in (ckpt, texture_vae, guide_ckpt if guide["guidance"] == "autoguidance" else None):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{path}: no such file")
+    num_classes = cfg["data"]["num_classes"]
+    model_cfg = cfg["models"][model_name]["model"]
+    multiplier = cfg["latents"]["multiplier"]
+    ag = guide["guidance"] == "autoguidance"
+    meta = {
+        "version": INDEX_VERSION, "model_name": model_name, "model": model_cfg, "num_samples": n,
+        "num_classes": num_classes, "seed": scfg["seed"],
+        **{k: scfg[k] for k in ("method", "num_steps", "atol", "rtol", "timestep_shift", "batch_size", "shard_size")},
+        **guide, "guide_model": guide_model if ag else None, "multiplier": multiplier,
+        "ckpt_sha256": sha256(ckpt), "guide_ckpt_sha256": sha256(guide_ckpt) if ag else None,
+        "texture_vae_sha256": sha256(texture_vae),
+        "stats_sha256": {p.name: sha256(p) for p in sorted(Path(latents).glob("*stats.pt"))},
+        "ckpt_path": str(ckpt), "guide_ckpt_path": str(guide_ckpt) if ag else None,
+        "texture_vae_path": str(texture_vae), "latents_path": str(latents),
+    }
+
+    device = dist.init(cfg["device"])
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    shards = shard_ranges(n, scfg["shard_size"])
+    if rank == 0:
+        _claim(out, meta)
+    dist.barrier()
+    mine = [j for j in range(len(shards)) if j % world == rank and read_shard(shard_path(out, j), *shards[j]) is None]
+    dist.print0(
+        f"sampling {n} images of {model_name} ({ckpt}) with {guide['guidance']} s={guide['cfg_scale']}, "
+        f"{scfg['method']}: {len(shards)} shards of {scfg['shard_size']} on {world} ranks, {len(mine)} to make on rank 0"
+    )
+    if mine:
+        model = load_ema_model(cfg, model_name, ckpt, num_classes, device, allow_unsafe, source)
+        weak = None
+        if guide["guidance"] == "autoguidance":
+            weak = load_ema_model(cfg, guide_model, guide_ckpt, num_classes, device, allow_unsafe, source)
+        vae = load_texture_vae(texture_vae).to(device).eval()
+        stats = load_stats(latents)
+        shape = (model.in_chans, model.grid_size * model.patch_size, model.grid_size * model.patch_size)
+        total = sum(len(batch_ranges(*shards[j], scfg["batch_size"])) for j in mine)
+        bar = tqdm(total=total, desc=f"sample rank {rank}", position=rank, dynamic_ncols=True)
+        for j in mine:
+            start, stop = shards[j]
+            images, nfes, t0 = [], [], time.perf_counter()
+            for b0, b1 in batch_ranges(start, stop, scfg["batch_size"]):
+                indices = torch.arange(b0, b1)
+                noise = sample_noise(indices, shape, scfg["seed"]).to(device)
+                labels = balanced_labels(indices, n, num_classes).to(device)
+                info = {}
+                x = ode_sample(
+                    model, noise, labels, delta_t=model_cfg["semfirst_delta_t"],
+                    semantic_chans=model_cfg["semantic_chans"], method=scfg["method"],
+                    num_steps=scfg["num_steps"], atol=scfg["atol"], rtol=scfg["rtol"],
+                    timestep_shift=scfg["timestep_shift"], cfg_scale=guide["cfg_scale"],
+                    cfg_interval_start=guide["cfg_interval_start"], guide_model=weak,
+                    null_label=num_classes, stats=info,
+                )
+                with torch.no_grad():
+                    images.append(vae.decode_to_uint8(denormalize_texture(x, stats, multiplier)).cpu().numpy())
+                nfes.append(info.get("nfe", -1))
+                bar.update(1)
+            indices = np.arange(start, stop)
+            with atomic_path(shard_path(out, j)) as tmp:
+                np.savez(tmp, images=np.concatenate(images), indices=indices,
+                         labels=balanced_labels(torch.from_numpy(indices), n, num_classes).numpy(),
+                         nfe=np.asarray(nfes, dtype=np.int64))
+            log.info("rank %d: shard %d [%d, %d) in %.1fs, mean NFE %.1f", rank, j, start, stop,
+                     time.perf_counter() - t0, float(np.mean(nfes)))
+        bar.close()
+    dist.barrier()
+    if rank == 0:
+        _write_index(out, meta, shards)
+    dist.cleanup()
+    return 0
+
+
+def _claim(out: Path, meta: dict) -> None:
+    """Write meta.json, or check that existing shards were made with the same settings (file
+    contents by hash; the paths they came from may differ)."""
+    path = out / "meta.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        for key in sorted(set(old) | set(meta)):
+            if not key.endswith("_path") and old.get(key) != meta.get(key):
+                raise ConfigError(
+                    f"{out}: holds samples made with {key}={old.get(key)!r}, this run has {meta.get(key)!r}; "
+                    "use another output directory or delete it"
+                )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(meta, path)
+
+
+def _write_index(out: Path, meta: dict, shards: list[tuple[int, int]]) -> None:
+    entries, shape = [], None
+    for j, (start, stop) in enumerate(shards):
+        arrays = read_shard(shard_path(out, j), start, stop)
+        if arrays is None:
+            raise RuntimeError(f"{shard_path(out, j)}: missing or incomplete after sampling")
+        shape = list(arrays["images"].shape[1:])
+        entries.append({"file": shard_path(out, j).name, "start": start, "stop": stop,
+                        "sha256": sha256(shard_path(out, j))})
+    digest = hashlib.sha256("".join(e["sha256"] for e in entries).encode()).hexdigest()
+    write_json({**meta, "image_shape": shape, "shards": entries, "content_sha256": digest}, out / "index.json")
+    dist.print0(f"wrote {out / 'index.json'}: {meta['num_samples']} images {shape}")
+
+
+# ----------------------------------------------------------------------------
+# CLI.
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", required=True, help="experiment YAML")
+    parser.add_argument("--model", required=True, help="run name under `models:` (architecture of --ckpt)")
+    parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint; its EMA weights are sampled")
+    parser.add_argument("--latents", required=True, type=Path,
+                        help="directory with latents_stats.pt / latents_sv_stats.pt (de-normalisation)")
+    parser.add_argument("--texture-vae", required=True, type=Path, help="texture VAE checkpoint (decoder)")
+    parser.add_argument("--out", required=True, type=Path, help="output sample directory (shards + index.json)")
+    parser.add_argument("--guidance", choices=["none", "cfg", "autoguidance"], default=None,
+                        help="default: sampling.guidance")
+    parser.add_argument("--cfg-scale", type=float, default=None, help="guidance scale; default: sampling.cfg_scale")
+    parser.add_argument("--guide-model", default=None, help="AutoGuidance: run name of the weak model")
+    parser.add_argument("--guide-ckpt", type=Path, default=None, help="AutoGuidance: the weak model's checkpoint")
+    parser.add_argument("--num-samples", type=int, default=None, help="default: sampling.num_samples")
+    parser.add_argument("--allow-unsafe-pickle", action="store_true",
+                        help="load checkpoints holding pickled objects (released SFD files only)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "npu"], default=None, help="override `device`")
+
+
+def main(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = load_experiment(args.config)
+    if args.device:
+        cfg["device"] = args.device
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
+    try:
+        return sample(
+            cfg, args.model, args.ckpt, args.latents, args.texture_vae, args.out,
+            guidance=args.guidance, cfg_scale=args.cfg_scale, guide_model=args.guide_model,
+            guide_ckpt=args.guide_ckpt, num_samples=args.num_samples,
+            allow_unsafe=args.allow_unsafe_pickle, source=args.config,
+        )
+    except CheckpointError as err:
+        raise ConfigError(str(err)) from None

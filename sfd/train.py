@@ -1,0 +1,459 @@
+"""`sfd train`: the SFD DiT training loop (spec §3.5), one loop for every model size.
+
+Launched the same way everywhere: `sfd train ...` is a world of 1, `torchrun --nproc-per-node=G
+[--nnodes=N ...] -m sfd train ...` is DDP over all ranks (NCCL / HCCL / gloo by device). The global
+batch is split evenly across ranks.
+
+Reproducibility is engineered, not hoped for (the official train.py seeds nothing, pitfall 13):
+  * step s sees global batch s of an endless stream of per-epoch permutations seeded by
+    (seed, epoch), so the data position is a pure function of the step;
+  * every step reseeds from (seed, rank, step): one generator draws the noise and t, torch's global
+    RNG (label dropout inside the model) is reseeded from an independent stream of the same key.
+So a resumed run repeats exactly the steps an uninterrupted one takes: on the CPU a run killed with
+SIGKILL and started again ends at the same checkpoint, bit for bit (tests/test_train.py).
+
+Run directory: `checkpoints/{step:07d}.pt` (model, ema, opt, step, RNG states, data position,
+resolved config), `ema/{step:07d}.pt` = {'ema': state_dict} (the released layout; exported at every
+budget and `keep_steps` entry), `log.jsonl`, `config.yaml`.
+
+Resume protocol: run the same command again. The newest complete checkpoint with step <= the
+target is restored (an unreadable one is reported and the previous one used). `--until-step N`
+stops at a budget; the same run directory, or `--init-from` a previous budget's checkpoint in a new
+one, continues to a larger budget exactly as one longer run would.
+
+Exit codes: 0 = target step reached; 75 (EX_TEMPFAIL) = SIGTERM or SIGUSR1 (e.g. SLURM's
+pre-timeout signal) arrived, a checkpoint was written, resubmit to continue; 2 = bad configuration
+or checkpoint. Under torchrun the launcher reports its own failure status (1) when a worker exits
+with 75; the workflow treats both as "retry".
+"""
+
+import copy
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from sfd import distributed as dist
+from sfd.config import ConfigError, load_experiment
+from sfd.device import autocast, autocast_dtype
+from sfd.io import torch_save, write_text
+
+EXIT_SUSPENDED = 75  # EX_TEMPFAIL: checkpointed on request, run again to continue
+CKPT_FORMAT = 1
+# Train keys that do not change the trajectory (cadences, budgets, loader processes).
+_SCHEDULE_KEYS = {"budgets", "ckpt_every", "keep_steps", "log_every", "num_workers"}
+
+log = logging.getLogger("sfd.train")
+
+# ----------------------------------------------------------------------------
+# Seeds and data order: pure functions of (seed, rank, step) / (seed, epoch).
+
+
+def step_seeds(seed: int, rank: int, step: int) -> tuple[int, int]:
+    """Two independent 63-bit seeds for step `step` of rank `rank`: (loss generator, torch global)."""
+    state = np.random.SeedSequence([seed, rank, step]).generate_state(2, np.uint64)
+    return int(state[0] >> np.uint64(1)), int(state[1] >> np.uint64(1))
+
+
+def epoch_permutation(num_items: int, seed: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+    return torch.randperm(num_items, generator=generator)
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batch sampler: this rank's share of global batches start..stop-1, as (epoch, index) pairs.
+
+    Each epoch is a fresh permutation with drop_last (official DataLoader: shuffle, drop_last); the
+    global batch of step s is rows [j*G, (j+1)*G) of epoch s // (N // G)'s permutation, j = s mod
+    (N // G), and rank r takes its r-th slice of G / world.
+    """
+
+    def __init__(self, num_items, global_batch, rank, world, seed, start, stop):
+        self.num_items, self.global_batch, self.seed = num_items, global_batch, seed
+        self.local = global_batch // world
+        self.offset = rank * self.local
+        self.start, self.stop = start, stop
+        self.steps_per_epoch = num_items // global_batch
+
+    def position(self, step: int) -> dict:
+        return {"epoch": step // self.steps_per_epoch, "batch_in_epoch": step % self.steps_per_epoch,
+                "steps_per_epoch": self.steps_per_epoch, "num_items": self.num_items}
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def __iter__(self):
+        epoch, perm = None, None
+        for step in range(self.start, self.stop):
+            where = self.position(step)
+            if where["epoch"] != epoch:
+                epoch = where["epoch"]
+                perm = epoch_permutation(self.num_items, self.seed, epoch)
+            first = where["batch_in_epoch"] * self.global_batch + self.offset
+            yield [(epoch, int(i)) for i in perm[first : first + self.local]]
+
+
+class EpochIndexed(torch.utils.data.Dataset):
+    """Items addressed by (epoch, index), so the flip coin of LatentDataset (a pure function of
+    (seed, epoch, index), set with set_epoch) is right inside DataLoader workers too."""
+
+    def __init__(self, dataset):
+        self.dataset, self.epoch = dataset, None
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        if epoch != self.epoch:
+            self.dataset.set_epoch(epoch)
+            self.epoch = epoch
+        return self.dataset[index]
+
+
+# ----------------------------------------------------------------------------
+# EMA, checkpoints and their compatibility checks.
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay·ema + (1-decay)·model over every named parameter (frozen pos_embed included)."""
+    ema_params = dict(ema.named_parameters())
+    for name, param in model.named_parameters():
+        ema_params[name].mul_(decay).add_(param.data, alpha=1 - decay)
+
+
+def ckpt_path(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"{step:07d}.pt"
+
+
+def ema_path(run_dir: Path, step: int) -> Path:
+    return run_dir / "ema" / f"{step:07d}.pt"
+
+
+class UnreadableCheckpoint(ConfigError):
+    """A checkpoint file torch cannot load (truncated by a crash outside sfd.io, disk error)."""
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A full training checkpoint, checked for every entry a resume needs."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such checkpoint") from None
+    except Exception as err:
+        raise UnreadableCheckpoint(f"{path}: unreadable checkpoint (truncated?): {type(err).__name__}: {err}") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path}: not a training checkpoint (a {type(state).__name__})")
+    for key in ("model", "ema", "opt", "step", "config", "model_name", "rng"):
+        if key not in state:
+            raise ConfigError(f"{path}: training checkpoint has no {key!r} entry (an EMA export or a foreign file?)")
+    return state
+
+
+def latest_checkpoint(run_dir: Path, max_step: int) -> tuple[Path, dict] | None:
+    """Newest checkpoint with step <= max_step; unreadable ones are reported and skipped, while a
+    readable one that lacks an entry (e.g. 'ema') is an error."""
+    candidates = []
+    for path in (run_dir / "checkpoints").glob("*.pt"):
+        if path.stem.isdigit() and int(path.stem) <= max_step:
+            candidates.append((int(path.stem), path))
+    for _, path in sorted(candidates, reverse=True):
+        try:
+            return path, read_checkpoint(path)
+        except UnreadableCheckpoint as err:
+            dist.print0(f"warning: skipping {err}")
+    return None
+
+
+def _diff(a, b, prefix=""):
+    """First differing dotted key between two nested dicts, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            found = _diff(a.get(key, "<absent>"), b.get(key, "<absent>"), f"{prefix}{key}.")
+            if found:
+                return found
+        return None
+    return None if a == b else (prefix.rstrip("."), a, b)
+
+
+def check_compatible(state: dict, ckpt: Path, identity: dict, source: str) -> None:
+    """Refuse a checkpoint of another model/recipe before any training, naming both sides."""
+    theirs = state.get("identity", {})
+    found = _diff(theirs, identity)
+    if found:
+        key, old, new = found
+        raise ConfigError(
+            f"{ckpt} was trained as {theirs.get('model_name')!r} ({theirs.get('model', {}).get('model_type')}) "
+            f"and does not match {source} models.{identity['model_name']} "
+            f"({identity['model']['model_type']}): {key} is {old!r} in the checkpoint, {new!r} in the config"
+        )
+
+
+def run_identity(cfg: dict, model_name: str, num_classes: int, input_size: int, num_items: int) -> dict:
+    """Everything that fixes the training trajectory; a resumed run must agree on all of it."""
+    run = cfg["models"][model_name]
+    recipe = {k: v for k, v in run["train"].items() if k not in _SCHEDULE_KEYS}
+    return {"model_name": model_name, "model": run["model"], "recipe": recipe, "seed": cfg["seed"],
+            "num_classes": num_classes, "input_size": input_size, "num_items": num_items}
+
+
+# ----------------------------------------------------------------------------
+# Suspension on SIGTERM / SIGUSR1.
+
+
+class SuspendRequest:
+    """Remembers that the scheduler asked us to stop; the loop checkpoints and exits with 75."""
+
+    def __init__(self):
+        self.signal = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+
+
+def train(
+    cfg: dict,
+    model_name: str,
+    latents: Path,
+    run_dir: Path,
+    *,
+    until_step: int | None = None,
+    init_from: Path | None = None,
+    source: str = "<config>",
+) -> int:
+    """Train models.<model_name> on the latent dataset `latents` into `run_dir`; returns the exit code."""
+    from sfd.flow import sample_logit_normal, training_losses
+    from sfd.latents import LatentDataset
+    from sfd.models import build_model
+
+    if model_name not in cfg.get("models", {}):
+        raise ConfigError(f"{source}: models.{model_name}: no such model (have: {', '.join(cfg.get('models', {}))})")
+    run = cfg["models"][model_name]
+    mcfg, tcfg = run["model"], run["train"]
+    target = until_step if until_step is not None else max(tcfg["budgets"])
+    exports = set(tcfg["budgets"]) | set(tcfg["keep_steps"]) | {target}
+    seed = cfg["seed"] + tcfg["seed_offset"]
+
+    device = dist.init(cfg["device"])
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if tcfg["global_batch_size"] % world:
+        raise ConfigError(
+            f"{source}: models.{model_name}.train.global_batch_size {tcfg['global_batch_size']} "
+            f"does not split over {world} ranks"
+        )
+    local_batch = tcfg["global_batch_size"] // world
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+    dataset = LatentDataset(latents, multiplier=cfg["latents"]["multiplier"], seed=seed)
+    if len(dataset) < tcfg["global_batch_size"]:
+        raise ConfigError(f"{latents}: {len(dataset)} latents, fewer than one global batch ({tcfg['global_batch_size']})")
+    x_probe = dataset[0][0]
+    num_classes = cfg["data"]["num_classes"]
+    identity = run_identity(cfg, model_name, num_classes, x_probe.shape[-1], len(dataset))
+
+    torch.manual_seed(seed)
+    model = build_model(mcfg, num_classes=num_classes, input_size=x_probe.shape[-1]).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=tcfg["lr"], betas=(0.9, tcfg["beta2"]), weight_decay=tcfg["weight_decay"]
+    )
+
+    # Restore: this run directory first, else --init-from, else a fresh start at step 0.
+    found = latest_checkpoint(run_dir, target)
+    if found is None and init_from is not None:
+        found = (Path(init_from), read_checkpoint(Path(init_from)))
+    step = 0
+    if found is not None:
+        path, state = found
+        check_compatible(state, path, identity, source)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        torch.set_rng_state(state["rng"]["torch"])
+        step = state["step"]
+        if step > target:
+            raise ConfigError(f"{path}: checkpoint is at step {step}, past the requested --until-step {target}")
+        if state["world_size"] != world:
+            dist.print0(f"note: {path} was written by {state['world_size']} ranks, now {world}: "
+                        "per-rank random streams differ from an uninterrupted run")
+        dist.print0(f"resumed from {path} at step {step}")
+        del state
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(yaml.safe_dump(cfg, sort_keys=False), run_dir / "config.yaml")
+        _truncate_log(run_dir / "log.jsonl", step)
+    if step == target:
+        if rank == 0 and target in exports and not ema_path(run_dir, target).exists():
+            torch_save({"ema": ema.state_dict()}, ema_path(run_dir, target))
+        dist.print0(f"{model_name}: already at step {target}; nothing to do")
+        dist.cleanup()
+        return 0
+
+    n_params = sum(p.numel() for p in model.parameters())
+    dist.print0(
+        f"{model_name}: {mcfg['model_type']} ({n_params / 1e6:.2f}M params), {len(dataset)} latents, "
+        f"global batch {tcfg['global_batch_size']} = {world} x {local_batch}, steps {step} -> {target}, "
+        f"device {device}, autocast {autocast_dtype(device) if tcfg['mixed_precision'] == 'bf16' else None}"
+    )
+    sampler = StepBatches(len(dataset), tcfg["global_batch_size"], rank, world, seed, step, target)
+    loader = torch.utils.data.DataLoader(
+        EpochIndexed(dataset), batch_sampler=sampler, num_workers=tcfg["num_workers"],
+        pin_memory=device.type == "cuda",
+    )
+    net = model if world == 1 else DistributedDataParallel(
+        model, device_ids=None if device.type == "cpu" else [device.index]
+    )
+    model.train()
+    suspend = SuspendRequest()
+    use_repa = mcfg["use_repa"]
+    sums, count, t_last, step_last = {}, 0, time.perf_counter(), step
+
+    bar = tqdm(total=target, initial=step, desc=f"train {model_name}", disable=rank != 0, dynamic_ncols=True)
+    for x1, y, feats in loader:
+        loss_seed, global_seed = step_seeds(seed, rank, step)
+        torch.manual_seed(global_seed)
+        gen = torch.Generator(device).manual_seed(loss_seed)
+        x1, y = x1.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        noise = torch.randn(x1.shape, generator=gen, device=device)
+        t = sample_logit_normal(len(x1), gen) if tcfg["use_lognorm"] else torch.rand(len(x1), generator=gen, device=device)
+        with autocast(device, enabled=tcfg["mixed_precision"] == "bf16"):
+            losses = training_losses(
+                net, x1, y, delta_t=mcfg["semfirst_delta_t"], semantic_chans=mcfg["semantic_chans"],
+                semantic_weight=mcfg["semantic_weight"], use_cosine_loss=tcfg["use_cosine_loss"],
+                repa_target=feats.to(device, non_blocking=True) if use_repa else None,
+                repa_weight=tcfg["repa_weight"], repa_mode=tcfg["repa_mode"], t=t, noise=noise,
+            )
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        opt.step()
+        update_ema(ema, model, tcfg["ema_decay"])
+        step += 1
+        count += 1
+        for name in ("total", "mse", "cos", "repa"):
+            if name in losses:
+                value = losses[name].detach().float().mean()
+                sums[name] = sums.get(name, 0) + value
+        bar.update(1)
+
+        if step % tcfg["log_every"] == 0 or step == target:
+            t_now = time.perf_counter()
+            record = _log_record(sums, count, step, sampler, tcfg["global_batch_size"], t_now - t_last, step - step_last)
+            if rank == 0:
+                _append_log(run_dir / "log.jsonl", record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+                log.info(json.dumps(record))
+            sums, count, t_last, step_last = {}, 0, t_now, step
+
+        stop = dist.any_rank(suspend.signal is not None, device) if world > 1 else suspend.signal is not None
+        if step % tcfg["ckpt_every"] == 0 or step in exports or stop:
+            if rank == 0:
+                _save(run_dir, step, model, ema, opt, cfg, identity, sampler, world, device)
+                if step in exports:
+                    torch_save({"ema": ema.state_dict()}, ema_path(run_dir, step))
+            dist.barrier()
+        if stop:
+            bar.close()
+            dist.print0(f"{suspend.signal or 'signal on another rank'}: checkpointed step {step}; exit {EXIT_SUSPENDED}")
+            dist.cleanup()
+            return EXIT_SUSPENDED
+    bar.close()
+    dist.print0(f"{model_name}: reached step {step}; checkpoint {ckpt_path(run_dir, step)}")
+    dist.cleanup()
+    return 0
+
+
+def _save(run_dir, step, model, ema, opt, cfg, identity, sampler, world, device) -> None:
+    rng = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    torch_save(
+        {
+            "format": CKPT_FORMAT,
+            "step": step,
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "opt": opt.state_dict(),
+            "rng": rng,
+            "data": sampler.position(step),
+            "world_size": world,
+            "model_name": identity["model_name"],
+            "identity": identity,
+            "config": cfg,
+        },
+        ckpt_path(run_dir, step),
+    )
+
+
+def _log_record(sums, count, step, sampler, global_batch, elapsed, steps) -> dict:
+    """Loss terms averaged over the interval and over ranks, plus throughput."""
+    names = sorted(sums)
+    values = dist.all_reduce_(torch.stack([sums[n] for n in names])) / (count * dist.get_world_size())
+    record = {"step": step, "epoch": round(step / sampler.steps_per_epoch, 4)}
+    for name, value in zip(names, values.tolist()):
+        if not math.isfinite(value):
+            raise FloatingPointError(f"step {step}: loss term {name!r} is {value}")
+        record["loss" if name == "total" else name] = value
+    record["images_per_s"] = global_batch * steps / max(elapsed, 1e-9)
+    record["sec_per_step"] = elapsed / max(steps, 1)
+    return record
+
+
+def _append_log(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past the resume point (written by the interrupted run) and partial lines."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    write_text("".join(kept), path)
+
+
+# ----------------------------------------------------------------------------
+# CLI.
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", required=True, help="experiment YAML")
+    parser.add_argument("--model", required=True, help="run name under `models:` in the config")
+    parser.add_argument("--latents", required=True, type=Path, help="latent dataset directory (sfd extract-latents)")
+    parser.add_argument("--run-dir", required=True, type=Path, help="output: checkpoints/, ema/, log.jsonl")
+    parser.add_argument("--until-step", type=int, default=None, help="stop at this step (a budget); default: max(budgets)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="full checkpoint of a previous budget to continue from when --run-dir has none")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "npu"], default=None, help="override `device`")
+
+
+def main(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = load_experiment(args.config)
+    if args.device:
+        cfg["device"] = args.device
+    if args.until_step is not None and args.until_step < 1:
+        raise ConfigError(f"--until-step must be >= 1, got {args.until_step}")
+    return train(cfg, args.model, args.latents, args.run_dir, until_step=args.until_step,
+                 init_from=args.init_from, source=args.config)
