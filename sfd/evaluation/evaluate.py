@@ -1,0 +1,205 @@
+"""`sfd evaluate`: FID, sFID, Inception Score, precision and recall of a sample batch, ADM-style.
+
+Both npz files and the detector are checked before TensorFlow is even imported, and the metrics
+file is written atomically at the very end, so a failed evaluation leaves no output behind.
+"""
+
+import csv
+import logging
+from pathlib import Path
+
+from sfd.evaluation import EVALUATOR_VERSION
+from sfd.evaluation.batches import EvalInputError, iter_images, open_image_batch, require_finite, statistics
+from sfd.evaluation.metrics import (
+    IS_SPLIT_SIZE,
+    PR_NEIGHBOURHOOD,
+    frechet_distance,
+    inception_score,
+    precision_recall,
+)
+from sfd.evaluation.reference import reference_features
+from sfd.io import atomic_write, sha256, write_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = ".cache/sfd-eval"
+SCALAR_FIELDS = tuple(  # the CSV row
+    "metric_label fid sfid inception_score precision recall num_samples num_reference detector_kind "
+    "samples_sha256 reference_sha256 detector_sha256 evaluator_version".split()
+)
+
+
+def resolve_metric_label(detector_kind: str, num_samples: int, configured: str | None) -> str:
+    """The configured label, else FID-<N/1000>K for Inception and toy-FID for the toy detector.
+
+    A configured label must start with "toy-" for the toy detector: its numbers are never FID-50K.
+    """
+    if configured is not None:
+        if detector_kind == "toy" and not configured.startswith("toy-"):
+            raise EvalInputError(
+                f"metric_label {configured!r}: toy-detector results must be labelled 'toy-...'"
+            )
+        return configured
+    if detector_kind == "toy":
+        return "toy-FID"
+    return f"FID-{num_samples // 1000}K" if num_samples % 1000 == 0 else f"FID-{num_samples}"
+
+
+def evaluate(
+    samples_path,
+    reference_path,
+    detector_path,
+    *,
+    num_samples: int | None = None,
+    label: str | None = None,
+    metric_label: str | None = None,
+    batch_size: int = 64,
+    softmax_batch_size: int = 512,
+    cache_dir=DEFAULT_CACHE_DIR,
+) -> dict:
+    """All five ADM metrics of the first `num_samples` (default: all) images of `samples_path`.
+
+    `label` (toy | inception), when given, must match the detector graph's kind.
+    """
+    samples = open_image_batch(samples_path, num_samples)
+    reference = open_image_batch(reference_path)
+    count = samples.count if num_samples is None else num_samples
+    for batch, n in ((samples, count), (reference, reference.count)):
+        if n <= PR_NEIGHBOURHOOD:
+            raise EvalInputError(
+                f"{batch.path}: {n} images; precision/recall need more than {PR_NEIGHBOURHOOD}"
+            )
+    detector_path = Path(detector_path)
+    if not detector_path.is_file():
+        raise EvalInputError(
+            f"{detector_path}: no such detector graph (fetch it with `sfd fetch-eval-assets`)"
+        )
+    hashes = {
+        "samples": sha256(samples.path),
+        "reference": sha256(reference.path),
+        "detector": sha256(detector_path),
+    }
+
+    from sfd.evaluation.inception import Detector  # TensorFlow from here on
+
+    detector = Detector(detector_path, batch_size, softmax_batch_size)
+    try:
+        if label is not None and label != detector.kind:
+            raise EvalInputError(
+                f"{detector_path}: is the {detector.kind} detector, but label {label!r} was asked for"
+            )
+        metric_label = resolve_metric_label(detector.kind, count, metric_label)
+        ref = reference_features(reference, detector, cache_dir, hashes["reference"], hashes["detector"])
+        pool, spatial = detector.features(
+            iter_images(samples, batch_size, count), count, desc=f"samples {samples.path.name}"
+        )
+        require_finite(samples.path, pool=pool, spatial=spatial)
+        if ref.stats.mu.shape != pool.shape[1:] or ref.stats_spatial.mu.shape != spatial.shape[1:]:
+            raise EvalInputError(
+                f"{reference.path}: statistics of {ref.stats.mu.shape}/{ref.stats_spatial.mu.shape} "
+                f"features, but {detector_path} gives {pool.shape[1:]}/{spatial.shape[1:]}"
+            )
+        stats, stats_spatial, source = statistics(samples, pool, spatial, detector.kind)
+        probs = detector.class_probs(pool)
+    finally:
+        detector.close()
+
+    log.info("computing metrics")
+    precision, recall = precision_recall(ref.pool, pool)
+    notes = {
+        "inception_score": f"mean over consecutive splits of {IS_SPLIT_SIZE} samples in file order; "
+        "order-sensitive (shuffle before packing)",
+        "precision_recall": f"k={PR_NEIGHBOURHOOD} pool_3, vs all {reference.count} reference images",
+    }
+    if detector.kind == "toy":
+        notes["detector"] = "toy detector trained on the toy classes: not comparable to Inception FID-50K"
+    return {
+        "metric_label": metric_label,
+        "fid": frechet_distance(stats, ref.stats),
+        "sfid": frechet_distance(stats_spatial, ref.stats_spatial),
+        "inception_score": inception_score(probs),
+        "precision": precision,
+        "recall": recall,
+        "num_samples": count,
+        "num_reference": reference.count,
+        "detector_kind": detector.kind,
+        "detector_info": detector.info,
+        "samples": str(samples_path),
+        "reference": str(reference_path),
+        "detector": str(detector_path),
+        "samples_sha256": hashes["samples"],
+        "reference_sha256": hashes["reference"],
+        "detector_sha256": hashes["detector"],
+        "evaluator_version": EVALUATOR_VERSION,
+        "statistics": {"samples": source, "reference": ref.source},
+        "notes": notes,
+    }
+
+
+def summary(result: dict) -> str:
+    return (
+        f"{result['metric_label']}: FID {result['fid']:.4f}  sFID {result['sfid']:.4f}  "
+        f"IS {result['inception_score']:.3f}  precision {result['precision']:.4f}  "
+        f"recall {result['recall']:.4f}  ({result['num_samples']} samples of {result['samples']}, "
+        f"{result['num_reference']} reference images)"
+    )
+
+
+def write_csv_row(result: dict, path) -> None:
+    with atomic_write(path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=SCALAR_FIELDS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerow(result)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("samples", help="sample batch npz (arr_0 uint8 [N, H, W, 3])")
+    parser.add_argument(
+        "--reference", required=True, help="reference batch npz (arr_0; mu/sigma/mu_s/sigma_s optional)"
+    )
+    parser.add_argument(
+        "--detector", default="classify_image_graph_def.pb", help="detector GraphDef (default: %(default)s)"
+    )
+    parser.add_argument("--output", required=True, help="metrics JSON to write")
+    parser.add_argument("--csv", help="also write the metrics as a one-row CSV")
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        help="evaluate the first N samples (default: evaluation.num_samples with --config, else all)",
+    )
+    parser.add_argument(
+        "--label",
+        choices=("toy", "inception"),
+        help="assert the detector's kind (default: evaluation.detector with --config)",
+    )
+    parser.add_argument("--config", help="experiment YAML; its evaluation section gives the defaults")
+    parser.add_argument(
+        "--cache-dir", default=DEFAULT_CACHE_DIR, help="reference-feature cache (default: %(default)s)"
+    )
+
+
+def main(args) -> int:
+    from sfd.config import load_experiment
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = load_experiment(args.config)["evaluation"] if args.config else {}
+    try:
+        result = evaluate(
+            args.samples,
+            args.reference,
+            args.detector,
+            num_samples=args.num_samples or cfg.get("num_samples"),
+            label=args.label or cfg.get("detector"),
+            metric_label=cfg.get("metric_label"),
+            batch_size=cfg.get("batch_size", 64),
+            softmax_batch_size=cfg.get("softmax_batch_size", 512),
+            cache_dir=args.cache_dir,
+        )
+    except EvalInputError as err:
+        log.error("%s", err)
+        return 1
+    write_json(result, args.output)
+    if args.csv:
+        write_csv_row(result, args.csv)
+    print(summary(result))
+    return 0

@@ -1,0 +1,606 @@
+"""The evaluator around the maths: npz checks, asset fetching, detector graphs, `sfd evaluate`.
+
+TensorFlow never enters the pytest process (after it, loading triton segfaults, and other test
+files load timm): everything that needs it runs in a subprocess and is skipped without it.
+"""
+
+import http.server
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import threading
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from sfd import cli
+from sfd.config import validate
+from sfd.evaluation import EVALUATOR_VERSION, assets
+from sfd.evaluation.batches import EvalInputError, iter_images, open_image_batch, statistics
+from sfd.evaluation.evaluate import evaluate, resolve_metric_label
+from sfd.evaluation.metrics import feature_statistics, frechet_distance, inception_score, precision_recall
+from sfd.io import sha256
+
+HAS_TF = importlib.util.find_spec("tensorflow") is not None
+needs_tf = pytest.mark.skipif(not HAS_TF, reason="tensorflow is not installed (pip install '.[eval]')")
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def run_sfd(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "sfd", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=ENV
+    )
+
+
+def images(n, size=8, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------
+# Sample batches: validation and streaming (no TensorFlow)
+
+
+@pytest.mark.parametrize(
+    "arrays, num, needle",
+    [
+        ({"images": images(10)}, None, "no 'arr_0' array (it holds: images)"),
+        ({"arr_0": images(10).astype(np.float32)}, None, "dtype float32; expected uint8"),
+        ({"arr_0": images(10)[..., 0]}, None, "expected [N, H, W, 3]"),
+        ({"arr_0": np.full((10, 8, 8, 3), 300, np.int16)}, None, "values in [0, 255]"),
+        ({"arr_0": images(10)}, 50, "holds 10 images, fewer than the 50 required"),
+    ],
+    ids=["key", "dtype", "shape", "range", "too-few"],
+)
+def test_bad_sample_batch_is_rejected_naming_the_file(tmp_path, arrays, num, needle):
+    bad = tmp_path / "samples.npz"
+    np.savez(bad, **arrays)
+    np.savez(tmp_path / "ref.npz", arr_0=images(20))
+    with pytest.raises(EvalInputError, match=r"samples\.npz: ") as err:
+        evaluate(bad, tmp_path / "ref.npz", tmp_path / "missing.pb", num_samples=num)
+    assert needle in str(err.value)
+
+
+def test_cli_writes_nothing_on_bad_input(tmp_path, caplog):
+    (tmp_path / "samples.npz").write_bytes(b"not a zip")
+    np.savez(tmp_path / "ref.npz", arr_0=images(20))
+    out = tmp_path / "metrics.json"
+    rc = cli.main(
+        [
+            "evaluate",
+            str(tmp_path / "samples.npz"),
+            "--reference",
+            str(tmp_path / "ref.npz"),
+            "--detector",
+            str(tmp_path / "missing.pb"),
+            "--output",
+            str(out),
+            "--csv",
+            str(tmp_path / "m.csv"),
+        ]
+    )
+    assert rc == 1
+    assert "samples.npz: not a readable .npz archive" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.npz", "samples.npz"]
+
+
+def test_missing_detector_is_reported_before_any_work(tmp_path):
+    np.savez(tmp_path / "s.npz", arr_0=images(10))
+    with pytest.raises(EvalInputError, match="missing.pb: no such detector graph"):
+        evaluate(tmp_path / "s.npz", tmp_path / "s.npz", tmp_path / "missing.pb")
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_streaming_reader_yields_file_order_batches(tmp_path, save):
+    data = images(23, size=5)
+    save(tmp_path / "s.npz", arr_0=data, arr_1=np.arange(23))
+    batch = open_image_batch(tmp_path / "s.npz", 20)
+    assert (batch.count, batch.image_shape, batch.has_statistics) == (23, (5, 5, 3), False)
+    chunks = list(iter_images(batch, 8, count=20))
+    assert [len(c) for c in chunks] == [8, 8, 4]
+    np.testing.assert_array_equal(np.concatenate(chunks), data[:20])
+
+
+def test_statistics_stored_in_the_npz_win_only_when_they_apply(tmp_path):
+    """ADM's rule (stored mu/sigma are used) for Inception on the whole file; else computed."""
+    rng = np.random.default_rng(0)
+    stored = {"mu": np.ones(4), "sigma": np.eye(4), "mu_s": np.zeros(2), "sigma_s": 2 * np.eye(2)}
+    np.savez(tmp_path / "ref.npz", arr_0=images(6), **stored)
+    batch = open_image_batch(tmp_path / "ref.npz")
+    pool, spatial = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=(6, 2)).astype(np.float32)
+    pool_stats, spatial_stats, source = statistics(batch, pool, spatial, "inception")
+    np.testing.assert_array_equal(pool_stats.mu, stored["mu"])
+    np.testing.assert_array_equal(spatial_stats.sigma, stored["sigma_s"])
+    assert source == "precomputed in ref.npz"
+    for kind, n in (("toy", 6), ("inception", 5)):
+        pool_stats, _, source = statistics(batch, pool[:n], spatial[:n], kind)
+        np.testing.assert_array_equal(pool_stats.mu, pool[:n].mean(0))
+        assert source == f"computed from {n} images"
+
+
+def test_metric_labels():
+    assert resolve_metric_label("inception", 50000, None) == "FID-50K"
+    assert resolve_metric_label("inception", 12345, None) == "FID-12345"
+    assert resolve_metric_label("toy", 50000, None) == "toy-FID"
+    assert resolve_metric_label("toy", 1000, "toy-FID-1K") == "toy-FID-1K"
+    with pytest.raises(EvalInputError, match="must be labelled 'toy-"):
+        resolve_metric_label("toy", 50000, "FID-50K")
+
+
+def test_make_reference_takes_the_first_images_and_labels(tmp_path):
+    from sfd.data.toy import save_npz
+
+    data, labels = images(12), np.arange(12) % 3
+    save_npz(tmp_path / "val.npz", data, labels, ["a", "b", "c"])
+    out = tmp_path / "ref.npz"
+    assert (
+        cli.main(["make-reference", "--data", str(tmp_path / "val.npz"), "--num", "9", "--out", str(out)])
+        == 0
+    )
+    with np.load(out) as ref:
+        np.testing.assert_array_equal(ref["arr_0"], data[:9])
+        np.testing.assert_array_equal(ref["arr_1"], labels[:9])
+    assert (
+        cli.main(
+            [
+                "make-reference",
+                "--data",
+                str(tmp_path / "val.npz"),
+                "--num",
+                "13",
+                "--out",
+                str(tmp_path / "x.npz"),
+            ]
+        )
+        == 1
+    )
+    assert not (tmp_path / "x.npz").exists()
+
+
+# ----------------------------------------------------------------------------
+# Asset fetching against a local HTTP server
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        srv = self.server
+        srv.ranges.append(self.headers.get("Range"))
+        start = 0
+        if self.headers.get("Range") and srv.honour_range:
+            start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
+            if start >= len(srv.payload):
+                self.send_response(416)
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(srv.payload) - 1}/{len(srv.payload)}")
+        else:
+            self.send_response(200)
+        body = srv.payload[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if srv.break_after is not None:
+            body = body[: srv.break_after]
+            self.close_connection = True
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.payload = np.random.default_rng(0).bytes(300_000)
+    srv.ranges, srv.honour_range, srv.break_after = [], True, None
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/ref_batches/asset.bin"
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_unpinned_asset_is_downloaded_and_its_hash_recorded(server, tmp_path, capsys):
+    path = assets.fetch(server.url, tmp_path)
+    assert path == tmp_path / "asset.bin" and path.read_bytes() == server.payload
+    digest = _sha(server.payload)
+    assert (tmp_path / "asset.bin.sha256").read_text().split()[0] == digest
+    assert f"sha256 {digest} (not pinned" in capsys.readouterr().out
+    path.write_bytes(b"tampered")
+    with pytest.raises(assets.AssetError, match="differs from the expected"):
+        assets.fetch(server.url, tmp_path)
+
+
+def test_pinned_hash_mismatch_leaves_nothing(server, tmp_path):
+    with pytest.raises(assets.AssetError, match="expected 0000"):
+        assets.fetch(server.url, tmp_path, "0" * 64)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_download_resumes_with_a_range_request(server, tmp_path):
+    server.break_after = 120_000
+    with pytest.raises(assets.AssetError, match="rerun to resume"):
+        assets.fetch(server.url, tmp_path, _sha(server.payload))
+    assert (tmp_path / "asset.bin.part").stat().st_size == 120_000
+    assert not (tmp_path / "asset.bin").exists()
+    server.break_after = None
+    path = assets.fetch(server.url, tmp_path, _sha(server.payload))
+    assert server.ranges == [None, "bytes=120000-"]
+    assert path.read_bytes() == server.payload and not (tmp_path / "asset.bin.part").exists()
+
+
+def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
+    server.honour_range = False
+    (tmp_path / "asset.bin.part").write_bytes(b"stale bytes")
+    assert assets.fetch(server.url, tmp_path, _sha(server.payload)).read_bytes() == server.payload
+
+
+def test_offline_gives_a_clear_error(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(assets.AssetError, match=r"may be offline.*put it at .*model\.pb"):
+        assets.fetch(f"http://127.0.0.1:{port}/model.pb", tmp_path, timeout=5)
+
+
+def test_fetch_eval_assets_command(server, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "t", "evaluation": {"assets": {"graph": {"url": server.url}}}}))
+    assert cli.main(["fetch-eval-assets", "--config", str(cfg), "--out-dir", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "asset.bin").read_bytes() == server.payload
+    assert (
+        cli.main(
+            ["fetch-eval-assets", "--config", str(cfg), "--out-dir", str(tmp_path / "a"), "--only", "nope"]
+        )
+        == 2
+    )
+
+
+def test_config_defaults_point_at_adm_assets():
+    urls = {k: v["url"] for k, v in validate({}, "evaluation")["assets"].items()}
+    assert urls["inception"].endswith("/jul-2021/ref_batches/classify_image_graph_def.pb")
+    assert urls["reference"].endswith("/ref_batches/imagenet/256/VIRTUAL_imagenet256_labeled.npz")
+
+
+# ----------------------------------------------------------------------------
+# TensorFlow: detector graphs, the toy detector and `sfd evaluate` end to end (subprocesses)
+
+TF_WORKER = r"""
+import json, sys
+import numpy as np
+from sfd.evaluation import inception, toy_detector
+from sfd.evaluation.batches import EvalInputError
+tf = inception.tf
+out, det_path, samples_path, ref_path, cache_dir = sys.argv[1:6]
+report = {}
+
+# 1. A hand-built graph with Inception's tensor names: features must follow the ADM recipe.
+rng = np.random.default_rng(0)
+kernel = rng.normal(size=(1, 1, 3, 9)).astype(np.float32)
+weights = rng.normal(size=(9, 5)).astype(np.float32)
+g = tf.Graph()
+with g.as_default():
+    x = tf.compat.v1.placeholder(tf.float32, [None, None, None, 3], name="ExpandDims")
+    r = tf.raw_ops.ResizeBilinear(images=x, size=[4, 4], align_corners=False, half_pixel_centers=False)
+    conv = tf.nn.relu(tf.nn.conv2d((r - 128.0) / 128.0, kernel, 1, "VALID"), name="mixed_6/conv")
+    pool = tf.nn.avg_pool2d(conv, 4, 1, "VALID", name="pool_3")
+    mm = tf.matmul(tf.reshape(pool, [-1, 9]), weights, name="softmax/logits/MatMul")
+    tf.nn.bias_add(mm, np.full(5, 7.0, np.float32), name="softmax/logits")
+graph_path = out + ".hand.pb"
+open(graph_path, "wb").write(g.as_graph_def().SerializeToString())
+det = inception.Detector(graph_path, batch_size=3)
+imgs = rng.integers(0, 256, (7, 8, 8, 3), dtype=np.uint8)
+pool_f, spatial_f = det.features([imgs[i:i + 3] for i in range(0, 7, 3)], 7)
+probs = det.class_probs(pool_f)
+det.close()
+sub = (imgs[:, ::2, ::2].astype(np.float32) - 128) / 128  # TF1 bilinear 8->4 samples even pixels
+act = np.maximum(sub @ kernel[0, 0], 0)
+logits = act.mean((1, 2)) @ weights
+expected_probs = np.exp(logits - logits.max(1, keepdims=True))
+expected_probs /= expected_probs.sum(1, keepdims=True)
+report["hand"] = {
+    "kind": det.kind, "pool_dim": det.pool_dim, "num_classes": det.num_classes,
+    "pool_err": float(np.abs(pool_f - act.mean((1, 2))).max()),
+    "spatial_shape": list(spatial_f.shape),
+    "spatial_err": float(np.abs(spatial_f - act[..., :7].reshape(7, -1)).max()),
+    "probs_err": float(np.abs(probs - expected_probs).max()),
+}
+
+# 2. Graphs that are not detectors.
+errors = {}
+bad = tf.Graph()
+with bad.as_default():
+    tf.compat.v1.placeholder(tf.float32, [None, None, None, 3], name="ExpandDims")
+open(out + ".bad.pb", "wb").write(bad.as_graph_def().SerializeToString())
+open(out + ".junk.pb", "wb").write(b"\x00\xff" * 50)
+for name in ("bad", "junk"):
+    try:
+        inception.Detector(out + "." + name + ".pb")
+    except EvalInputError as err:
+        errors[name] = str(err)
+report["errors"] = errors
+
+# 3. The toy detector: training is bit-reproducible; the exported graph is the eager model.
+data = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+labels = np.arange(40) % 4
+cfg = dict(image_size=32, widths=[4, 8, 8, 8], steps=3, batch_size=16, learning_rate=1e-3, seed=1)
+p1 = toy_detector.train(data, labels, 4, cfg)
+p2 = toy_detector.train(data, labels, 4, cfg)
+report["deterministic"] = all(np.array_equal(p1[k], p2[k]) for k in p1)
+initial = toy_detector.init_params(cfg["widths"], 4, 1)
+report["trained"] = not all(np.array_equal(p1[k], initial[k]) for k in p1)
+gd = toy_detector.export_graph_def(p1, 32, {"val_accuracy": 0.5})
+eg = tf.Graph()
+with eg.as_default():
+    tf.compat.v1.import_graph_def(gd, name="")
+with tf.compat.v1.Session(graph=eg) as s:
+    graph_probs = s.run("softmax:0", {"ExpandDims:0": data[:5].astype(np.float32)})
+_, _, eager_logits = toy_detector.forward(p1, tf.constant(data[:5], tf.float32), 32)
+report["export_err"] = float(np.abs(graph_probs - tf.nn.softmax(eager_logits).numpy()).max())
+report["node_names"] = [n.name for n in gd.node]
+
+# 4. Features of the end-to-end batches, for recomputing the metrics outside the evaluator;
+#    a second evaluation served from the reference cache; a label that contradicts the graph.
+det = inception.Detector(det_path)
+feats = {}
+for key, path, n in (("s", samples_path, 120), ("r", ref_path, None)):
+    with np.load(path) as f:
+        arr = f["arr_0"][:n]
+    pool_f, spatial_f = det.features([arr[i:i + 64] for i in range(0, len(arr), 64)], len(arr))
+    feats[key + "_pool"], feats[key + "_spatial"] = pool_f, spatial_f
+feats["s_probs"] = det.class_probs(feats["s_pool"])
+np.savez(out + ".feats.npz", **feats)
+report["toy_kind"], report["toy_info"] = det.kind, det.info
+det.close()
+
+import logging
+from sfd.evaluation.evaluate import evaluate
+records = []
+handler = logging.Handler()
+handler.emit = lambda record: records.append(record.getMessage())
+logging.getLogger("sfd.evaluation").addHandler(handler)
+logging.getLogger("sfd.evaluation").setLevel(logging.INFO)
+again = evaluate(samples_path, ref_path, det_path, num_samples=120, cache_dir=cache_dir)
+report["again"] = {k: again[k] for k in ("fid", "sfid", "inception_score", "precision", "recall")}
+report["log"] = records
+try:
+    evaluate(samples_path, ref_path, det_path, label="inception", cache_dir=cache_dir)
+except EvalInputError as err:
+    report["label_error"] = str(err)
+json.dump(report, open(out, "w"))
+"""
+
+
+def colour_classes(n, seed):
+    """Images whose class is the dominant colour channel: learnable in a few dozen steps."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 3
+    base = rng.integers(0, 120, (n, 32, 32, 3))
+    base[np.arange(n), :, :, labels] += 120
+    return base.astype(np.uint8), labels
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """train-detector -> make-reference -> evaluate, then the TF worker's checks and report."""
+    if not HAS_TF:
+        pytest.skip("tensorflow is not installed")
+    from sfd.data.toy import save_npz
+
+    d = tmp_path_factory.mktemp("toy_eval")
+    save_npz(d / "train.npz", *colour_classes(600, 0), ["red", "green", "blue"])
+    save_npz(d / "val.npz", *colour_classes(100, 1), ["red", "green", "blue"])
+    cfg = d / "toy.yaml"
+    toy = {"steps": 40, "batch_size": 32, "widths": [8, 16, 8, 16], "learning_rate": 0.003}
+    cfg.write_text(
+        yaml.safe_dump(
+            {"name": "t", "evaluation": {"detector": "toy", "num_samples": 120, "toy_detector": toy}}
+        )
+    )
+    train = run_sfd(
+        "train-detector",
+        "--config",
+        cfg,
+        "--data",
+        d / "train.npz",
+        "--val",
+        d / "val.npz",
+        "--out",
+        d / "det.pb",
+        "--metrics",
+        d / "det.json",
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert (
+        cli.main(
+            [
+                "make-reference",
+                "--config",
+                str(cfg),
+                "--data",
+                str(d / "val.npz"),
+                "--num",
+                "100",
+                "--out",
+                str(d / "ref.npz"),
+            ]
+        )
+        == 0
+    )
+    with np.load(d / "train.npz") as t:
+        np.savez(d / "samples.npz", arr_0=t["images"][:150])
+    first = run_sfd(
+        "evaluate",
+        "samples.npz",
+        "--reference",
+        "ref.npz",
+        "--detector",
+        "det.pb",
+        "--config",
+        cfg,
+        "--label",
+        "toy",
+        "--output",
+        "m.json",
+        "--csv",
+        "m.csv",
+        cwd=d,
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    worker = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            TF_WORKER,
+            str(d / "report.json"),
+            str(d / "det.pb"),
+            str(d / "samples.npz"),
+            str(d / "ref.npz"),
+            str(d / ".cache" / "sfd-eval"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    return types.SimpleNamespace(dir=d, first=first, report=json.loads((d / "report.json").read_text()))
+
+
+@needs_tf
+def test_detector_graph_is_driven_the_adm_way(toy_run):
+    hand = toy_run.report["hand"]
+    assert (hand["kind"], hand["pool_dim"], hand["num_classes"]) == ("inception", 9, 5)
+    assert hand["spatial_shape"] == [7, 4 * 4 * 7]  # first 7 channels, flattened h, w, c
+    assert max(hand["pool_err"], hand["spatial_err"]) < 1e-5
+    assert hand["probs_err"] < 1e-6  # softmax(pool @ W): the graph's bias (7.0) is not used
+
+
+@needs_tf
+def test_non_detector_graphs_are_rejected(toy_run):
+    errors = toy_run.report["errors"]
+    assert ".bad.pb: not a usable detector graph" in errors["bad"]
+    assert ".junk.pb: not a TensorFlow GraphDef" in errors["junk"]
+
+
+@needs_tf
+def test_toy_detector_training_and_export(toy_run):
+    report = toy_run.report
+    assert report["deterministic"] and report["trained"]
+    assert report["export_err"] < 1e-6
+    for name in (
+        "ExpandDims",
+        "ResizeBilinear",
+        "mixed_6/conv",
+        "pool_3",
+        "softmax/logits/MatMul",
+        "sfd_toy_detector/info",
+    ):
+        assert name in report["node_names"]
+    facts = json.loads((toy_run.dir / "det.json").read_text())
+    assert facts["num_classes"] == 3 and facts["val_accuracy"] > 0.9  # chance is 1/3
+    assert report["toy_kind"] == "toy" and report["toy_info"]["val_accuracy"] == facts["val_accuracy"]
+
+
+@needs_tf
+def test_evaluate_outputs(toy_run):
+    m = json.loads((toy_run.dir / "m.json").read_text())
+    assert m["metric_label"] == "toy-FID" and m["detector_kind"] == "toy"
+    assert (m["num_samples"], m["num_reference"], m["evaluator_version"]) == (120, 100, EVALUATOR_VERSION)
+    assert m["samples_sha256"] == sha256(toy_run.dir / "samples.npz")
+    assert "order-sensitive" in m["notes"]["inception_score"]
+    assert 1.0 <= m["inception_score"] <= 3.0 and 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
+    assert m["fid"] > 0 and m["sfid"] > 0
+    header, row = (toy_run.dir / "m.csv").read_text().splitlines()
+    assert header.startswith("metric_label,fid,sfid,inception_score,precision,recall")
+    assert row.split(",")[1] == repr(m["fid"])
+    assert toy_run.first.stdout.strip().startswith(f"toy-FID: FID {m['fid']:.4f}")
+
+
+@needs_tf
+def test_evaluate_equals_the_metric_maths_on_its_features(toy_run):
+    m = json.loads((toy_run.dir / "m.json").read_text())
+    f = np.load(toy_run.dir / "report.json.feats.npz")
+    sample_stats, ref_stats = feature_statistics(f["s_pool"]), feature_statistics(f["r_pool"])
+    assert m["fid"] == frechet_distance(sample_stats, ref_stats)
+    assert m["sfid"] == frechet_distance(
+        feature_statistics(f["s_spatial"]), feature_statistics(f["r_spatial"])
+    )
+    assert m["inception_score"] == inception_score(f["s_probs"])
+    assert (m["precision"], m["recall"]) == precision_recall(f["r_pool"], f["s_pool"])
+
+
+@needs_tf
+def test_reference_features_are_cached_by_hash(toy_run):
+    assert "cached reference features in" in toy_run.first.stderr
+    assert any(line.startswith("reference features from cache") for line in toy_run.report["log"])
+    m = json.loads((toy_run.dir / "m.json").read_text())
+    assert toy_run.report["again"] == {k: m[k] for k in toy_run.report["again"]}
+    cached = list((toy_run.dir / ".cache" / "sfd-eval").glob("reference-*.npz"))
+    assert len(cached) == 1 and m["reference_sha256"][:16] in cached[0].name
+
+
+@needs_tf
+def test_label_must_match_the_detector(toy_run):
+    assert toy_run.report["label_error"].endswith(
+        "det.pb: is the toy detector, but label 'inception' was asked for"
+    )
+
+
+# ----------------------------------------------------------------------------
+# Opt-in: ADM's published numbers (needs ~100 MB + 2 x 1-10 GB of ADM files, hours on a CPU)
+
+ADM_EXPECTED = {
+    "inception_score": 215.8370361328125,
+    "fid": 3.9425574129223264,
+    "sfid": 6.140433703346162,
+    "precision": 0.8265,
+    "recall": 0.5309,
+}
+
+
+@pytest.mark.integration
+@needs_tf
+def test_adm_published_numbers(tmp_path):
+    root = os.environ.get("SFD_ADM_ASSETS")
+    names = (
+        "classify_image_graph_def.pb",
+        "VIRTUAL_imagenet256_labeled.npz",
+        "admnet_guided_upsampled_imagenet256.npz",
+    )
+    if not root or not all((Path(root) / n).is_file() for n in names):
+        pytest.skip("set SFD_ADM_ASSETS to a directory holding " + ", ".join(names))
+    root = Path(root)
+    res = run_sfd(
+        "evaluate",
+        root / names[2],
+        "--reference",
+        root / names[1],
+        "--detector",
+        root / names[0],
+        "--label",
+        "inception",
+        "--output",
+        tmp_path / "adm.json",
+        "--cache-dir",
+        tmp_path / "cache",
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads((tmp_path / "adm.json").read_text())
+    assert m["metric_label"] == "FID-50K"
+    for key in ("inception_score", "fid", "sfid"):
+        assert m[key] == pytest.approx(ADM_EXPECTED[key], rel=2e-3), key
+    for key in ("precision", "recall"):
+        assert m[key] == pytest.approx(ADM_EXPECTED[key], abs=2e-3), key
