@@ -21,7 +21,7 @@ import yaml
 from sfd import cli
 from sfd.config import validate
 from sfd.evaluation import EVALUATOR_VERSION, assets
-from sfd.evaluation.batches import EvalInputError, iter_images, open_image_batch, statistics
+from sfd.evaluation.batches import EvalInputError, iter_images, open_image_batch, require_finite, statistics
 from sfd.evaluation.evaluate import evaluate, resolve_metric_label
 from sfd.evaluation.metrics import feature_statistics, frechet_distance, inception_score, precision_recall
 from sfd.io import sha256
@@ -120,6 +120,17 @@ def test_statistics_stored_in_the_npz_win_only_when_they_apply(tmp_path):
         pool_stats, _, source = statistics(batch, pool[:n], spatial[:n], kind)
         np.testing.assert_array_equal(pool_stats.mu, pool[:n].mean(0))
         assert source == f"computed from {n} images"
+
+
+def test_non_finite_features_are_reported_with_the_file():
+    pool = np.ones((5, 4), np.float32)
+    pool[3, 1] = np.nan
+    require_finite("a.npz", spatial=np.zeros((5, 2), np.float32))
+    with pytest.raises(
+        EvalInputError,
+        match=r"a\.npz: the detector produced non-finite pool features for 1 images \(first: index 3\)",
+    ):
+        require_finite("a.npz", pool=pool)
 
 
 def test_metric_labels():
