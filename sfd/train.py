@@ -278,6 +278,8 @@ def train(
     found = latest_checkpoint(run_dir, target)
     if found is None and init_from is not None:
         found = (Path(init_from), read_checkpoint(Path(init_from)))
+    elif found is not None and init_from is not None:
+        dist.print0(f"note: {run_dir} has checkpoints; resuming there, not from --init-from {init_from}")
     step = 0
     if found is not None:
         path, state = found
