@@ -47,3 +47,63 @@ def write_config(tmp_path, data, name="exp.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+# ----------------------------------------------------------------------------
+# The toy experiment, run once per test session by the slow tests (the e2e, DVC and SLURM ones).
+
+import functools  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tool_env() -> dict:
+    """The environment jobs run in: this interpreter's bin first (sfd, snakemake, dvc)."""
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def run(cmd, cwd, timeout=1800, check=True) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+    return out
+
+
+def fresh_clone(dest: Path) -> Path:
+    """The working tree as a new git repository (tracked and untracked-but-not-ignored files), i.e.
+    what `git clone` of this commit gives, including work not yet committed."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "clone"]):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    return dest
+
+
+@functools.cache
+def _toy_run(base: Path) -> tuple[Path, float]:
+    work = fresh_clone(base / "toy-run")
+    start = time.monotonic()
+    run([sys.executable, "-m", "snakemake", "--profile", "profiles/local"], cwd=work, timeout=3600)
+    return work, time.monotonic() - start
+
+
+def toy_workspace(tmp_path_factory, name: str) -> tuple[Path, float]:
+    """A private copy of a finished `snakemake --profile profiles/local` toy run (the run itself
+    happens once per session) and the run's wall time in seconds."""
+    done, seconds = _toy_run(tmp_path_factory.getbasetemp())
+    copy = tmp_path_factory.mktemp(name) / "repo"
+    shutil.copytree(done, copy, symlinks=True)
+    return copy, seconds

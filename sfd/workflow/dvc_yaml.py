@@ -67,12 +67,12 @@ def stage(job, experiment: str, raw: dict) -> dict:
     resumable = "state" in params.keys()
     out = {"cmd": " ".join(job.shellcmd.split())}
     if job.input:
-        out["deps"] = sorted(set(job.input))
+        out["deps"] = sorted(set(map(str, job.input)))
     keys = [k for k in params.get("cfg", {}) if _present(raw, k)]
     if keys:
         out["params"] = [{experiment: keys}]
     sections = {"outs": [], "metrics": [], "plots": []}
-    for path in job.output:
+    for path in map(str, job.output):
         section = "metrics" if "/metrics/" in path else "plots" if path.endswith(".png") else "outs"
         sections[section].append({path: {"persist": True}} if resumable else path)
     out.update({k: v for k, v in sections.items() if v})

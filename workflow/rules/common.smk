@@ -172,3 +172,11 @@ def all_targets(wildcards):
     return [f"results/{t}.csv" for t in tables] + [
         f"results/{t}.png" for t, table in tables.items() if table["plot"] != "none"
     ]
+
+
+def released_targets(wildcards):
+    return [
+        f"results/{name}.csv"
+        for name in EXP.cfg["tables"]
+        if all(EXP.run(run)["source"] == "released" for run in EXP.table_runs(name))
+    ]

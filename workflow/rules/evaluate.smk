@@ -10,7 +10,7 @@ if EVAL["detector"] == "inception":
         """ADM's Inception GraphDef, the VIRTUAL_imagenet256_labeled reference batch and ADM's
         own sample batch (the evaluator's validation target)."""
         output:
-            list(ASSETS.values()),
+            **ASSETS,
         params:
             **cfg("evaluation.assets"),
             out_dir=parent("inception"),

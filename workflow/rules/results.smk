@@ -53,3 +53,9 @@ rule plot:
     shell:
         "sfd plots --config {params.experiment} --table {wildcards.table} --csv {input}"
         " --out {output} > {log} 2>&1"
+
+
+rule released:
+    """The tables filled only by the authors' released checkpoints: evaluation without training."""
+    input:
+        released_targets,

@@ -1,0 +1,97 @@
+"""The SLURM profile against a real SLURM (`.ci/slurm-up.sh`: a single-node cluster on localhost).
+
+A cut of the toy DAG (train -> sample -> pack -> evaluate for one run) goes through sbatch with
+profiles/slurm-gpu, its resources scaled down to the CI node and its device set to the CPU. The
+training job is sent SIGUSR1 mid-run, as SLURM's `--signal=USR1@600` does before the walltime:
+it checkpoints and fails, the profile's retry resubmits it, and it resumes to the very weights of
+the uninterrupted local run.
+"""
+
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from workflow_helpers import ROOT, run, tool_env, toy_workspace
+
+pytestmark = pytest.mark.slow
+
+
+def slurm_is_up() -> bool:
+    if shutil.which("sbatch") is None:
+        return False
+    return subprocess.run(["timeout", "5", "sinfo", "-h"], capture_output=True).returncode == 0
+
+
+def ci_profile(dest):
+    """profiles/slurm-gpu with the CI node's sizes, the toy experiment and CPU devices."""
+    profile = yaml.safe_load((ROOT / "profiles" / "slurm-gpu" / "config.v8+.yaml").read_text())
+    profile.update({"jobs": 2, "latency-wait": 5, "slurm-init-seconds-before-status-checks": 5,
+                    "config": ["experiment=config/toy.yaml", "device=cpu"]})
+    profile["default-resources"].update(mem_mb=1500, cpus_per_task=1)
+    for resources in profile["set-resources"].values():
+        resources.update(mem_mb=3000)
+        if "cpus_per_task" in resources:
+            resources["cpus_per_task"] = 1
+    profile["set-threads"] = {rule: 1 for rule in profile["set-threads"]}
+    # training as in the local run (2 threads): CPU results are bitwise reproducible per thread count
+    profile["set-threads"]["train"] = profile["set-resources"]["train"]["cpus_per_task"] = 2
+    dest.mkdir()
+    (dest / "config.v8+.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return dest
+
+
+def squeue_jobs() -> dict[str, str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i %k %T"], capture_output=True, text=True).stdout
+    return {line.split()[1]: line.split()[0] for line in out.splitlines() if len(line.split()) == 3}
+
+
+def state_dict(path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)["ema"]
+
+
+@pytest.mark.skipif(not slurm_is_up(), reason="no SLURM here (as root: .ci/slurm-up.sh)")
+def test_toy_cut_through_sbatch_resumes_after_the_walltime_signal(tmp_path_factory):
+    work, _ = toy_workspace(tmp_path_factory, "slurm")
+    profile = ci_profile(work.parent / "profile")
+    ema = work / "outputs/toy/train/sfd_p/0000200/ema/0000200.pt"
+    uninterrupted = state_dict(ema)
+    shutil.rmtree(work / "outputs/toy/train/sfd_p/0000200")  # the forced rerun starts from scratch
+    metrics = work / "outputs/toy/metrics/p_200.json"
+    before = metrics.stat().st_mtime_ns
+
+    cmd = [sys.executable, "-m", "snakemake", "outputs/toy/metrics/p_200.json",
+           "--profile", str(profile), "--forcerun", "train"]
+    proc = subprocess.Popen(cmd, cwd=work, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    log = work / "logs/toy/train/sfd_p_0000200.log"
+    signalled = None
+    deadline = time.monotonic() + 900
+    while proc.poll() is None and time.monotonic() < deadline:
+        train_job = next((j for c, j in squeue_jobs().items() if c.startswith("rule_train")), None)
+        if signalled is None and train_job and log.is_file() and "steps 0 -> 200" in log.read_text():
+            time.sleep(3)  # a few steps in
+            subprocess.run(["scancel", "--signal=USR1", train_job], check=True)
+            signalled = train_job
+        time.sleep(1)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, output[-5000:]
+    assert signalled, "the training job was never seen running"
+
+    submitted = [line.split("SLURM jobid")[1].split()[0] for line in output.splitlines() if "SLURM jobid" in line]
+    assert len(submitted) == 5, output[-3000:]  # train, train again, sample, pack, evaluate
+    states = run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(submitted)], cwd=work).stdout
+    states = dict(line.split("|") for line in states.split())
+    assert states.pop(signalled) == "FAILED"
+    assert set(states.values()) == {"COMPLETED"}, states
+
+    assert "resumed from" in log.read_text()
+    resumed = state_dict(ema)
+    assert resumed.keys() == uninterrupted.keys()
+    assert all((resumed[k] == uninterrupted[k]).all() for k in resumed)
+    assert metrics.stat().st_mtime_ns > before
+    assert any((work / ".snakemake" / "slurm_logs").rglob("*.log"))
