@@ -23,7 +23,7 @@ from sfd.config import validate
 from sfd.evaluation import EVALUATOR_VERSION, assets
 from sfd.evaluation.batches import EvalInputError, iter_images, open_image_batch, require_finite, statistics
 from sfd.evaluation.evaluate import evaluate, resolve_metric_label
-from sfd.evaluation.metrics import feature_statistics, frechet_distance, inception_score, precision_recall
+from sfd.evaluation.metrics import feature_statistics, frechet_distance, inception_score
 from sfd.io import sha256
 
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
@@ -287,9 +287,167 @@ def test_config_defaults_point_at_adm_assets():
 
 
 # ----------------------------------------------------------------------------
+# TensorFlow: precision/recall distances against ADM's own graph (subprocess)
+
+ADM_MANIFOLD = r"""
+import numpy as np
+import tensorflow.compat.v1 as tf1
+
+
+class AdmManifold:  # guided-diffusion's DistanceBlock + ManifoldEstimator (k=3), op for op
+    def __init__(self, batch=10000):
+        self.batch = batch
+        graph = tf1.Graph()
+        with graph.as_default():
+            self.u = tf1.placeholder(tf1.float32, [None, None])
+            self.v = tf1.placeholder(tf1.float32, [None, None])
+
+            def block(a, b):
+                na = tf1.reshape(tf1.reduce_sum(tf1.square(a), 1), [-1, 1])
+                nb = tf1.reshape(tf1.reduce_sum(tf1.square(b), 1), [1, -1])
+                return tf1.maximum(na - 2 * tf1.matmul(a, b, False, True) + nb, 0.0)
+
+            self.fp16 = block(tf1.cast(self.u, tf1.float16), tf1.cast(self.v, tf1.float16))
+            self.fp32 = block(self.u, self.v)
+            self.dist = tf1.cond(
+                tf1.reduce_all(tf1.math.is_finite(self.fp16)),
+                lambda: tf1.cast(self.fp16, tf1.float32),
+                lambda: block(self.u, self.v),
+            )
+            self.ru = tf1.placeholder(tf1.float32, [None, None])
+            self.rv = tf1.placeholder(tf1.float32, [None, None])
+            d = tf1.cast(self.dist, tf1.float32)[..., None]
+            self.u_in = tf1.reduce_any(d <= self.rv, axis=1)
+            self.v_in = tf1.reduce_any(d <= self.ru[:, None], axis=0)
+        config = tf1.ConfigProto(allow_soft_placement=True)
+        config.gpu_options.allow_growth = True
+        self.session = tf1.Session(graph=graph, config=config)
+
+    def run(self, fetch, u, v):
+        return self.session.run(fetch, {self.u: u, self.v: v})
+
+    def radii(self, x):
+        n, b = len(x), self.batch
+        radii, rows = np.zeros([n, 1], np.float32), np.zeros([b, n], np.float32)
+        for r in range(0, n, b):
+            r1 = min(r + b, n)
+            for c in range(0, n, b):
+                rows[0 : r1 - r, c : min(c + b, n)] = self.run(self.dist, x[r:r1], x[c : c + b])
+            radii[r:r1] = np.partition(rows[0 : r1 - r], np.arange(4), axis=1)[:, [3]]
+        return radii
+
+    def precision_recall(self, ref, samples):
+        r_ref, r_samples, b = self.radii(ref), self.radii(samples), self.batch
+        ref_in, samples_in = np.zeros([len(ref), 1], bool), np.zeros([len(samples), 1], bool)
+        for r in range(0, len(ref), b):
+            for c in range(0, len(samples), b):
+                feed = {self.u: ref[r : r + b], self.v: samples[c : c + b],
+                        self.ru: r_ref[r : r + b], self.rv: r_samples[c : c + b]}
+                got_ref, got_samples = self.session.run([self.u_in, self.v_in], feed)
+                ref_in[r : r + b] |= got_ref
+                samples_in[c : c + b] |= got_samples
+        return [float(np.mean(samples_in.astype(np.float64), axis=0)[0]),
+                float(np.mean(ref_in.astype(np.float64), axis=0)[0])]
+"""
+
+TF_DISTANCE_WORKER = ADM_MANIFOLD + r"""
+import json, sys
+from sfd.evaluation import tf_ops
+from sfd.evaluation.metrics import precision_recall
+out = sys.argv[1]
+adm, ours = AdmManifold(), tf_ops.adm_distance_block()
+rng = np.random.default_rng(0)
+report = {"built_once": ours is tf_ops.adm_distance_block()}
+
+# 1. Inception-like pool features (non-negative, 2048-d): an fp16 block, and one that overflows
+#    (a row with |u|^2 > 65504) and is recomputed in float32.
+u = rng.gamma(0.6, 0.6, (130, 2048)).astype(np.float32)
+v = rng.gamma(0.6, 0.6, (90, 2048)).astype(np.float32)
+big = u.copy()
+big[7] *= 20
+for name, (a, b) in {"fp16": (u, v), "overflow": (big, v)}.items():
+    got = ours(a, b)
+    adm_d, adm16, adm32 = adm.run([adm.dist, adm.fp16, adm.fp32], a, b)
+    report[name] = {
+        "dtype": str(got.dtype), "shape": list(got.shape),
+        "equals_adm": bool(np.array_equal(got, adm_d)),
+        "fp16_finite": bool(np.isfinite(adm16).all()),
+        "equals_fp16": bool(np.array_equal(got, adm16.astype(np.float32))),
+        "equals_fp32": bool(np.array_equal(got, adm32)),
+    }
+
+# 2. The whole P/R against ADM's estimator, with small blocks (its row/col batching exercised)
+#    and with ADM's 10000.
+ref = rng.gamma(0.6, 0.6, (150, 256)).astype(np.float32)
+samples = (rng.gamma(0.6, 0.6, (170, 256)) * np.linspace(0.8, 1.2, 170)[:, None]).astype(np.float32)
+report["pr_blocked"] = [list(precision_recall(ref, samples, block=64, distance_fn=ours)),
+                        AdmManifold(batch=64).precision_recall(ref, samples)]
+report["pr"] = [list(precision_recall(ref, samples, distance_fn=ours)), adm.precision_recall(ref, samples)]
+
+# 3. Well-separated clusters: no point is within fp16 rounding of changing sides, so TF's fp16
+#    blocks and a plain float32 computation must agree. 20 reference clusters of 4 points; the
+#    samples copy the first 12 and add 8 clusters of their own, away from the reference.
+centres = rng.normal(0, 1.5, (28, 32))
+clusters = [centres[c] + rng.normal(0, 0.3, (4, 32)) for c in range(28)]
+ref = np.concatenate(clusters[:20]).astype(np.float32)
+samples = np.concatenate([ref[:48] + rng.normal(0, 0.01, (48, 32))] + clusters[20:]).astype(np.float32)
+
+def plain(x, y):
+    return ((x[:, None] - y[None]) ** 2).sum(-1, dtype=np.float32)
+
+r_ref, r_samples = np.sort(plain(ref, ref), 1)[:, 3], np.sort(plain(samples, samples), 1)[:, 3]
+d = plain(ref, samples)
+report["separated"] = {
+    "tf": list(precision_recall(ref, samples, distance_fn=ours)),
+    "float32": [float(np.mean((d <= r_ref[:, None]).any(0))), float(np.mean((d <= r_samples).any(1)))],
+    # how far each point is from changing sides: inside its roomiest ball, or outside every ball
+    "margin": float(min(np.abs((r_ref[:, None] - d).max(0)).min(), np.abs((r_samples - d).max(1)).min())),
+}
+json.dump(report, open(out, "w"))
+"""
+
+
+@pytest.fixture(scope="module")
+def tf_distances(tmp_path_factory):
+    if not HAS_TF:
+        pytest.skip("tensorflow is not installed")
+    out = tmp_path_factory.mktemp("tf_distances") / "report.json"
+    worker = subprocess.run(
+        [sys.executable, "-c", TF_DISTANCE_WORKER, str(out)], capture_output=True, text=True, env=ENV
+    )
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@needs_tf
+def test_tf_distance_block_is_adms_graph(tf_distances):
+    assert tf_distances["built_once"]
+    fp16, overflow = tf_distances["fp16"], tf_distances["overflow"]
+    assert (fp16["dtype"], fp16["shape"]) == ("float32", [130, 90])
+    assert fp16["equals_adm"] and fp16["fp16_finite"] and fp16["equals_fp16"]
+    assert not fp16["equals_fp32"]  # the fp16 rounding is really there
+    assert overflow["equals_adm"] and not overflow["fp16_finite"] and overflow["equals_fp32"]
+
+
+@needs_tf
+def test_tf_precision_recall_is_adms(tf_distances):
+    for ours, adm in (tf_distances["pr_blocked"], tf_distances["pr"]):
+        assert ours == adm
+    precision, recall = tf_distances["pr"][0]
+    assert 0 < precision < 1 and 0 < recall < 1
+
+
+@needs_tf
+def test_tf_precision_recall_equals_float32_on_separated_data(tf_distances):
+    separated = tf_distances["separated"]
+    assert separated["margin"] > 1.0  # premise: far beyond the fp16 rounding of these distances
+    assert separated["tf"] == separated["float32"] == [0.6, 0.6]
+
+
+# ----------------------------------------------------------------------------
 # TensorFlow: detector graphs, the toy detector and `sfd evaluate` end to end (subprocesses)
 
-TF_WORKER = r"""
+TF_WORKER = ADM_MANIFOLD + r"""
 import json, sys
 import numpy as np
 from sfd.evaluation import inception, toy_detector
@@ -374,6 +532,10 @@ for key, path, n in (("s", samples_path, 120), ("r", ref_path, None)):
     feats[key + "_pool"], feats[key + "_spatial"] = pool_f, spatial_f
 feats["s_probs"] = det.class_probs(feats["s_pool"])
 np.savez(out + ".feats.npz", **feats)
+from sfd.evaluation.metrics import precision_recall
+from sfd.evaluation.tf_ops import adm_distance_block
+report["pr_tf"] = list(precision_recall(feats["r_pool"], feats["s_pool"], distance_fn=adm_distance_block()))
+report["pr_adm"] = AdmManifold().precision_recall(feats["r_pool"], feats["s_pool"])
 report["toy_kind"], report["toy_info"] = det.kind, det.info
 det.close()
 
@@ -550,7 +712,7 @@ def test_evaluate_equals_the_metric_maths_on_its_features(toy_run):
         feature_statistics(f["s_spatial"]), feature_statistics(f["r_spatial"])
     )
     assert m["inception_score"] == inception_score(f["s_probs"])
-    assert (m["precision"], m["recall"]) == precision_recall(f["r_pool"], f["s_pool"])
+    assert [m["precision"], m["recall"]] == toy_run.report["pr_tf"] == toy_run.report["pr_adm"]
 
 
 @needs_tf

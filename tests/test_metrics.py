@@ -234,3 +234,36 @@ def test_a_point_exactly_on_a_radius_counts_as_inside():
 def test_too_few_points_for_k_nearest_neighbours():
     with pytest.raises(ValueError, match="more than k=3"):
         manifold_radii(np.zeros((3, 2), np.float32))
+
+
+def test_distance_fn_serves_every_block_in_adm_orientation():
+    """Own-set blocks for the radii, then reference rows x sample columns; its values decide."""
+    rng = np.random.default_rng(14)
+    ref = rng.normal(size=(11, 4)).astype(np.float32)
+    samples = (rng.normal(size=(8, 4)) + np.repeat([[0.0], [3.0]], 4, 0)).astype(np.float32)
+    calls = []
+
+    def exact(u, v):
+        calls.append((u, v))
+        return ((u[:, None].astype(np.float64) - v[None]) ** 2).sum(-1).astype(np.float32)
+
+    got = precision_recall(ref, samples, block=5, distance_fn=exact)
+    ref_blocks = [(r, c) for r in (0, 5, 10) for c in (0, 5, 10)]
+    sample_blocks = [(r, c) for r in (0, 5) for c in (0, 5)]
+    cross_blocks = [(r, c) for r in (0, 5, 10) for c in (0, 5)]
+    expected = (
+        [(ref[r : r + 5], ref[c : c + 5]) for r, c in ref_blocks]
+        + [(samples[r : r + 5], samples[c : c + 5]) for r, c in sample_blocks]
+        + [(ref[r : r + 5], samples[c : c + 5]) for r, c in cross_blocks]
+    )
+    assert len(calls) == len(expected)
+    for (u, v), (eu, ev) in zip(calls, expected, strict=True):
+        np.testing.assert_array_equal(u, eu)
+        np.testing.assert_array_equal(v, ev)
+
+    d_rs, d_rr, d_ss = exact(ref, samples), exact(ref, ref), exact(samples, samples)
+    ref_radii, sample_radii = np.sort(d_rr, 1)[:, 3], np.sort(d_ss, 1)[:, 3]
+    precision = np.mean((d_rs <= ref_radii[:, None]).any(0))
+    recall = np.mean((d_rs <= sample_radii[None, :]).any(1))
+    assert got == (precision, recall)
+    assert 0 < precision < 1 and 0 < recall < 1  # the data exercise both outcomes

@@ -2,6 +2,8 @@
 
 Both npz files and the detector are checked before TensorFlow is even imported, and the metrics
 file is written atomically at the very end, so a failed evaluation leaves no output behind.
+Precision/recall distances run through ADM's own TensorFlow graph (`tf_ops`), so their fp16
+rounding is the one ADM's evaluator gets on the same machine.
 """
 
 import csv
@@ -81,6 +83,7 @@ def evaluate(
     }
 
     from sfd.evaluation.inception import Detector  # TensorFlow from here on
+    from sfd.evaluation.tf_ops import adm_distance_block
 
     detector = Detector(detector_path, batch_size, softmax_batch_size)
     try:
@@ -105,11 +108,12 @@ def evaluate(
         detector.close()
 
     log.info("computing metrics")
-    precision, recall = precision_recall(ref.pool, pool)
+    precision, recall = precision_recall(ref.pool, pool, distance_fn=adm_distance_block())
     notes = {
         "inception_score": f"mean over consecutive splits of {IS_SPLIT_SIZE} samples in file order; "
         "order-sensitive (shuffle before packing)",
-        "precision_recall": f"k={PR_NEIGHBOURHOOD} pool_3, vs all {reference.count} reference images",
+        "precision_recall": f"k={PR_NEIGHBOURHOOD} pool_3, vs all {reference.count} reference images; "
+        "fp16-first distance blocks by ADM's TensorFlow graph on this machine",
     }
     if detector.kind == "toy":
         notes["detector"] = "toy detector trained on the toy classes: not comparable to Inception FID-50K"

@@ -17,9 +17,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-import tensorflow as tf  # noqa: E402  (after the log level; this module is the TF boundary)
+import tensorflow as tf  # noqa: E402  (after the log level; TF enters only here and in tf_ops)
 
 from sfd.evaluation.batches import EvalInputError  # noqa: E402
+from sfd.evaluation.tf_ops import session_config  # noqa: E402
 
 INPUT_TENSOR = "ExpandDims:0"
 POOL_TENSOR = "pool_3:0"
@@ -78,7 +79,7 @@ class Detector:
             self.num_classes = int(weights.shape[1])
             self._pool_input = tf.compat.v1.placeholder(tf.float32, [None, self.pool_dim])
             self._probs = tf.nn.softmax(tf.matmul(self._pool_input, weights))
-        self.session = tf.compat.v1.Session(graph=graph)
+        self.session = tf.compat.v1.Session(graph=graph, config=session_config())
 
     def close(self) -> None:
         self.session.close()

@@ -3,13 +3,20 @@
 Fréchet distance (FID on pool_3, sFID on mixed_6/conv[..., :7]), Inception Score and improved
 precision/recall (Kynkäänniemi et al. 2019, k = 3). Every function keeps the operation order and
 dtypes of guided-diffusion's `evaluations/evaluator.py` (spec §5.1): given the same features,
-FID, sFID and IS are the numbers ADM computes. Precision/recall reproduce ADM's fp16 distance
-blocks as they run on a GPU (fp32 accumulation); TensorFlow's CPU kernels accumulate fp16 sums
-differently, which can move points that lie within fp16 rounding of a k-NN radius.
+FID, sFID and IS are the numbers ADM computes.
+
+Precision/recall take the distance block as a function (`distance_fn`), because their numbers
+hinge on how the fp16 squared distances next to a k-NN radius are rounded, and that is a
+property of the TensorFlow kernels of the machine (a CPU accumulates fp16 reductions otherwise
+than a GPU). `sfd evaluate` therefore passes ADM's own graph, `tf_ops.adm_distance_block()`, and
+gets ADM's numbers on the machine it runs on. `pairwise_distances` here is the numpy statement
+of that block as a GPU computes it (fp32 accumulation): the default, for the maths tests and for
+callers without TensorFlow. Radii and the coverage loop are ADM's on any `distance_fn`.
 """
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +27,9 @@ log = logging.getLogger(__name__)
 IS_SPLIT_SIZE = 5000  # consecutive samples per Inception Score split (10 splits for 50K)
 PR_NEIGHBOURHOOD = 3  # k of the k-NN radii
 PR_BLOCK_SIZE = 10000  # rows and columns per distance block; the fp16/fp32 choice is per block
+
+DistanceFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""(u [m, D], v [n, D]) float32 -> squared Euclidean distances [m, n] float32: one ADM block."""
 
 # ----------------------------------------------------------------------------
 # Fréchet distance
@@ -132,7 +142,11 @@ def _squared_distances_fp32(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 def pairwise_distances(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Squared Euclidean distances [len(u), len(v)] in float32: fp16 first, the whole block again
-    in fp32 if any fp16 entry is not finite (overflow past 65504)."""
+    in fp32 if any fp16 entry is not finite (overflow past 65504).
+
+    ADM's distance block with GPU rounding; TensorFlow on a CPU rounds some entries differently,
+    which is why `sfd evaluate` runs the block through TensorFlow instead (`tf_ops`).
+    """
     d = _squared_distances_fp16(u, v)
     if np.isfinite(d).all():
         return d.astype(np.float32)
@@ -140,10 +154,18 @@ def pairwise_distances(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return _squared_distances_fp32(u, v)
 
 
-def manifold_radii(features: np.ndarray, k: int = PR_NEIGHBOURHOOD, block: int = PR_BLOCK_SIZE) -> np.ndarray:
+def manifold_radii(
+    features: np.ndarray,
+    k: int = PR_NEIGHBOURHOOD,
+    block: int = PR_BLOCK_SIZE,
+    *,
+    distance_fn: DistanceFn = pairwise_distances,
+) -> np.ndarray:
     """Squared distance of each point to its k-th nearest neighbour within its own set.
 
-    The value at sorted position k of the point's distance row; position 0 is the point itself.
+    The value at sorted position k of the point's whole distance row (`block` rows at a time,
+    filled `block` columns at a time); position 0 is the point itself. ADM partitions at every
+    position 0..k, which leaves the same value at position k.
     """
     n = len(features)
     if n <= k:
@@ -154,29 +176,34 @@ def manifold_radii(features: np.ndarray, k: int = PR_NEIGHBOURHOOD, block: int =
         r1 = min(r0 + block, n)
         for c0 in range(0, n, block):
             c1 = min(c0 + block, n)
-            rows[: r1 - r0, c0:c1] = pairwise_distances(features[r0:r1], features[c0:c1])
+            rows[: r1 - r0, c0:c1] = distance_fn(features[r0:r1], features[c0:c1])
         radii[r0:r1] = np.partition(rows[: r1 - r0], k, axis=1)[:, k]
     return radii
 
 
 def precision_recall(
-    reference: np.ndarray, samples: np.ndarray, k: int = PR_NEIGHBOURHOOD, block: int = PR_BLOCK_SIZE
+    reference: np.ndarray,
+    samples: np.ndarray,
+    k: int = PR_NEIGHBOURHOOD,
+    block: int = PR_BLOCK_SIZE,
+    *,
+    distance_fn: DistanceFn = pairwise_distances,
 ) -> tuple[float, float]:
     """Improved precision and recall of `samples` against `reference` (pool_3 features).
 
     Precision: fraction of samples inside some reference k-NN ball; recall: fraction of reference
-    points inside some sample k-NN ball. Distances are taken reference-rows by sample-columns,
-    the orientation ADM uses (it matters in fp16).
+    points inside some sample k-NN ball; inside means distance <= radius, both float32. Distances
+    are taken reference-rows by sample-columns, the orientation ADM uses (it matters in fp16).
     """
-    ref_radii = manifold_radii(reference, k, block)
-    sample_radii = manifold_radii(samples, k, block)
+    ref_radii = manifold_radii(reference, k, block, distance_fn=distance_fn)
+    sample_radii = manifold_radii(samples, k, block, distance_fn=distance_fn)
     ref_covered = np.zeros(len(reference), bool)
     sample_covered = np.zeros(len(samples), bool)
     for r0 in range(0, len(reference), block):
         r1 = min(r0 + block, len(reference))
         for s0 in range(0, len(samples), block):
             s1 = min(s0 + block, len(samples))
-            d = pairwise_distances(reference[r0:r1], samples[s0:s1])
+            d = distance_fn(reference[r0:r1], samples[s0:s1])
             ref_covered[r0:r1] |= np.any(d <= sample_radii[None, s0:s1], axis=1)
             sample_covered[s0:s1] |= np.any(d <= ref_radii[r0:r1, None], axis=0)
     return float(np.mean(sample_covered.astype(np.float64))), float(np.mean(ref_covered.astype(np.float64)))
