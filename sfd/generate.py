@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,9 @@ from sfd import distributed as dist
 from sfd.checkpoint import CheckpointError
 from sfd.config import ConfigError, load_experiment
 from sfd.io import atomic_path, sha256, write_json
+from sfd.latents import denormalize_texture, load_stats
+from sfd.sampling import ode_sample
+from sfd.tokenizers import load_texture_vae
 
 log = logging.getLogger("sfd.generate")
 
@@ -121,15 +125,51 @@ def load_ema_model(cfg: dict, model_name: str, ckpt: Path, num_classes: int, dev
 # The sampling loop.
 
 
-def guidance_settings(scfg: dict, guidance: str, cfg_scale: float | None, guide_model: str | None) -> dict:
+def guidance_settings(scfg: dict, guidance: str, cfg_scale, guide_model, guide_ckpt) -> dict:
+    """The guidance actually applied: kind, scale s (1 = off; forced for `none`), interval start."""
     scale = scfg["cfg_scale"] if cfg_scale is None else cfg_scale
     if guidance == "none":
         scale = 1.0
-    if guidance == "autoguidance" and guide_model is None:
+    if guidance == "autoguidance" and (guide_model is None or guide_ckpt is None):
         raise ConfigError("guidance autoguidance needs --guide-model and --guide-ckpt (the weak model)")
     if guidance != "none" and scale <= 1.0:
         log.warning("guidance %s with scale %s <= 1 is unguided sampling", guidance, scale)
     return {"guidance": guidance, "cfg_scale": float(scale), "cfg_interval_start": scfg["cfg_interval_start"]}
+
+
+@dataclass
+class ImageSampler:
+    """Global indices -> uint8 images: per-index noise and label, ODE solve, de-normalise, decode."""
+
+    model: torch.nn.Module
+    weak: torch.nn.Module | None  # AutoGuidance's weak model
+    vae: torch.nn.Module
+    stats: object
+    settings: dict  # the `sampling` section
+    guide: dict  # guidance_settings()
+    num_samples: int
+    num_classes: int
+    delta_t: float
+    multiplier: float
+    device: torch.device
+
+    def __call__(self, indices: torch.Tensor) -> tuple[np.ndarray, int]:
+        """(images uint8 [n, H, W, 3], NFE) for one batch of global indices."""
+        model, s = self.model, self.settings
+        side = model.grid_size * model.patch_size
+        noise = sample_noise(indices, (model.in_chans, side, side), s["seed"]).to(self.device)
+        labels = balanced_labels(indices, self.num_samples, self.num_classes).to(self.device)
+        info = {}
+        latents = ode_sample(
+            model, noise, labels, delta_t=self.delta_t, semantic_chans=model.semantic_chans,
+            method=s["method"], num_steps=s["num_steps"], atol=s["atol"], rtol=s["rtol"],
+            timestep_shift=s["timestep_shift"], cfg_scale=self.guide["cfg_scale"],
+            cfg_interval_start=self.guide["cfg_interval_start"], guide_model=self.weak,
+            null_label=self.num_classes, stats=info,
+        )
+        with torch.no_grad():
+            images = self.vae.decode_to_uint8(denormalize_texture(latents, self.stats, self.multiplier))
+        return images.cpu().numpy(), info["nfe"]
 
 
 def sample(
@@ -148,32 +188,24 @@ def sample(
     allow_unsafe: bool = False,
     source: str = "<config>",
 ) -> int:
-    from sfd.latents import denormalize_texture, load_stats
-    from sfd.sampling import ode_sample
-    from sfd.tokenizers import load_texture_vae
-
+    """Make the missing shards of `out` (this rank's share) and, on rank 0, the index."""
     scfg = cfg["sampling"]
     n = scfg["num_samples"] if num_samples is None else num_samples
     if scfg["shard_size"] % scfg["batch_size"]:
         raise ConfigError(f"{source}: sampling.shard_size {scfg['shard_size']} is not a multiple of batch_size {scfg['batch_size']}")
-    guide = guidance_settings(scfg, guidance or scfg["guidance"], cfg_scale, guide_model)
-    if guide["guidance"] == "autoguidance" and guide_ckpt is None:
-        raise ConfigError("guidance autoguidance needs --guide-ckpt")
-    for name in (model_name, guide_model if guide["guidance"] == "autoguidance" else None):
+    guide = guidance_settings(scfg, guidance or scfg["guidance"], cfg_scale, guide_model, guide_ckpt)
+    ag = guide["guidance"] == "autoguidance"
+    for name in (model_name, guide_model if ag else None):
         if name is not None and name not in cfg.get("models", {}):
             raise ConfigError(f"{source}: models.{name}: no such model (have: {', '.join(cfg.get('models', {}))})")
-    for path in (ckpt, texture_vae, guide_ckpt if guide["guidance"] == "autoguidance" else None):
+    for path in (ckpt, texture_vae, guide_ckpt if ag else None):
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"{path}: no such file")
-    num_classes = cfg["data"]["num_classes"]
-    model_cfg = cfg["models"][model_name]["model"]
-    multiplier = cfg["latents"]["multiplier"]
-    ag = guide["guidance"] == "autoguidance"
     meta = {
-        "version": INDEX_VERSION, "model_name": model_name, "model": model_cfg, "num_samples": n,
-        "num_classes": num_classes, "seed": scfg["seed"],
+        "version": INDEX_VERSION, "model_name": model_name, "model": cfg["models"][model_name]["model"],
+        "num_samples": n, "num_classes": cfg["data"]["num_classes"], "seed": scfg["seed"],
         **{k: scfg[k] for k in ("method", "num_steps", "atol", "rtol", "timestep_shift", "batch_size", "shard_size")},
-        **guide, "guide_model": guide_model if ag else None, "multiplier": multiplier,
+        **guide, "guide_model": guide_model if ag else None, "multiplier": cfg["latents"]["multiplier"],
         "ckpt_sha256": sha256(ckpt), "guide_ckpt_sha256": sha256(guide_ckpt) if ag else None,
         "texture_vae_sha256": sha256(texture_vae),
         "stats_sha256": {p.name: sha256(p) for p in sorted(Path(latents).glob("*stats.pt"))},
@@ -195,48 +227,39 @@ def sample(
         f"{scfg['method']}: {len(shards)} shards of {scfg['shard_size']} on {world} ranks, {len(mine)} to make on rank 0"
     )
     if mine:
-        model = load_ema_model(cfg, model_name, ckpt, num_classes, device, allow_unsafe, source)
-        weak = None
-        if guide["guidance"] == "autoguidance":
-            weak = load_ema_model(cfg, guide_model, guide_ckpt, num_classes, device, allow_unsafe, source)
-        vae = load_texture_vae(texture_vae).to(device).eval()
-        stats = load_stats(latents)
-        shape = (model.in_chans, model.grid_size * model.patch_size, model.grid_size * model.patch_size)
-        total = sum(len(batch_ranges(*shards[j], scfg["batch_size"])) for j in mine)
-        bar = tqdm(total=total, desc=f"sample rank {rank}", position=rank, dynamic_ncols=True)
-        for j in mine:
-            start, stop = shards[j]
-            images, nfes, t0 = [], [], time.perf_counter()
-            for b0, b1 in batch_ranges(start, stop, scfg["batch_size"]):
-                indices = torch.arange(b0, b1)
-                noise = sample_noise(indices, shape, scfg["seed"]).to(device)
-                labels = balanced_labels(indices, n, num_classes).to(device)
-                info = {}
-                x = ode_sample(
-                    model, noise, labels, delta_t=model_cfg["semfirst_delta_t"],
-                    semantic_chans=model_cfg["semantic_chans"], method=scfg["method"],
-                    num_steps=scfg["num_steps"], atol=scfg["atol"], rtol=scfg["rtol"],
-                    timestep_shift=scfg["timestep_shift"], cfg_scale=guide["cfg_scale"],
-                    cfg_interval_start=guide["cfg_interval_start"], guide_model=weak,
-                    null_label=num_classes, stats=info,
-                )
-                with torch.no_grad():
-                    images.append(vae.decode_to_uint8(denormalize_texture(x, stats, multiplier)).cpu().numpy())
-                nfes.append(info.get("nfe", -1))
-                bar.update(1)
-            indices = np.arange(start, stop)
-            with atomic_path(shard_path(out, j)) as tmp:
-                np.savez(tmp, images=np.concatenate(images), indices=indices,
-                         labels=balanced_labels(torch.from_numpy(indices), n, num_classes).numpy(),
-                         nfe=np.asarray(nfes, dtype=np.int64))
-            log.info("rank %d: shard %d [%d, %d) in %.1fs, mean NFE %.1f", rank, j, start, stop,
-                     time.perf_counter() - t0, float(np.mean(nfes)))
-        bar.close()
+        num_classes = meta["num_classes"]
+        sampler = ImageSampler(
+            model=load_ema_model(cfg, model_name, ckpt, num_classes, device, allow_unsafe, source),
+            weak=load_ema_model(cfg, guide_model, guide_ckpt, num_classes, device, allow_unsafe, source) if ag else None,
+            vae=load_texture_vae(texture_vae).to(device).eval(), stats=load_stats(latents), settings=scfg,
+            guide=guide, num_samples=n, num_classes=num_classes, delta_t=meta["model"]["semfirst_delta_t"],
+            multiplier=meta["multiplier"], device=device,
+        )
+        _make_shards(sampler, out, [(j, *shards[j]) for j in mine], scfg["batch_size"], rank)
     dist.barrier()
     if rank == 0:
         _write_index(out, meta, shards)
     dist.cleanup()
     return 0
+
+
+def _make_shards(sampler: ImageSampler, out: Path, todo: list[tuple[int, int, int]], batch_size: int, rank: int):
+    bar = tqdm(total=sum(len(batch_ranges(a, b, batch_size)) for _, a, b in todo), desc=f"sample rank {rank}",
+               position=rank, dynamic_ncols=True)
+    for j, start, stop in todo:
+        images, nfes, t0 = [], [], time.perf_counter()
+        for b0, b1 in batch_ranges(start, stop, batch_size):
+            batch, nfe = sampler(torch.arange(b0, b1))
+            images.append(batch)
+            nfes.append(nfe)
+            bar.update(1)
+        indices = np.arange(start, stop)
+        labels = balanced_labels(torch.from_numpy(indices), sampler.num_samples, sampler.num_classes).numpy()
+        with atomic_path(shard_path(out, j)) as tmp:
+            np.savez(tmp, images=np.concatenate(images), labels=labels, indices=indices, nfe=np.asarray(nfes))
+        log.info("rank %d: shard %d [%d, %d) in %.1fs, mean NFE %.1f", rank, j, start, stop,
+                 time.perf_counter() - t0, float(np.mean(nfes)))
+    bar.close()
 
 
 def _claim(out: Path, meta: dict) -> None:

@@ -237,7 +237,6 @@ def train(
     source: str = "<config>",
 ) -> int:
     """Train models.<model_name> on the latent dataset `latents` into `run_dir`; returns the exit code."""
-    from sfd.flow import sample_logit_normal, training_losses
     from sfd.latents import LatentDataset
     from sfd.models import build_model
 
@@ -274,35 +273,17 @@ def train(
         model.parameters(), lr=tcfg["lr"], betas=(0.9, tcfg["beta2"]), weight_decay=tcfg["weight_decay"]
     )
 
-    # Restore: this run directory first, else --init-from, else a fresh start at step 0.
-    found = latest_checkpoint(run_dir, target)
-    if found is None and init_from is not None:
-        found = (Path(init_from), read_checkpoint(Path(init_from)))
-    elif found is not None and init_from is not None:
-        dist.print0(f"note: {run_dir} has checkpoints; resuming there, not from --init-from {init_from}")
-    step = 0
-    if found is not None:
-        path, state = found
-        check_compatible(state, path, identity, source)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        torch.set_rng_state(state["rng"]["torch"])
-        step = state["step"]
-        if step > target:
-            raise ConfigError(f"{path}: checkpoint is at step {step}, past the requested --until-step {target}")
-        if state["world_size"] != world:
-            dist.print0(f"note: {path} was written by {state['world_size']} ranks, now {world}: "
-                        "per-rank random streams differ from an uninterrupted run")
-        dist.print0(f"resumed from {path} at step {step}")
-        del state
+    step = restore(run_dir, target, init_from, identity, model, ema, opt, world, source)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(yaml.safe_dump(cfg, sort_keys=False), run_dir / "config.yaml")
         _truncate_log(run_dir / "log.jsonl", step)
-    if step == target:
-        if rank == 0 and target in exports and not ema_path(run_dir, target).exists():
-            torch_save({"ema": ema.state_dict()}, ema_path(run_dir, target))
+    sampler = StepBatches(len(dataset), tcfg["global_batch_size"], rank, world, seed, step, target)
+    if step == target:  # done before (or --init-from is the target): make sure both outputs exist here
+        if rank == 0 and not ckpt_path(run_dir, step).exists():
+            _save(run_dir, step, model, ema, opt, cfg, identity, sampler, world, device)
+        if rank == 0 and not ema_path(run_dir, step).exists():
+            torch_save({"ema": ema.state_dict()}, ema_path(run_dir, step))
         dist.print0(f"{model_name}: already at step {target}; nothing to do")
         dist.cleanup()
         return 0
@@ -313,7 +294,6 @@ def train(
         f"global batch {tcfg['global_batch_size']} = {world} x {local_batch}, steps {step} -> {target}, "
         f"device {device}, autocast {autocast_dtype(device) if tcfg['mixed_precision'] == 'bf16' else None}"
     )
-    sampler = StepBatches(len(dataset), tcfg["global_batch_size"], rank, world, seed, step, target)
     loader = torch.utils.data.DataLoader(
         EpochIndexed(dataset), batch_sampler=sampler, num_workers=tcfg["num_workers"],
         pin_memory=device.type == "cuda",
@@ -323,34 +303,16 @@ def train(
     )
     model.train()
     suspend = SuspendRequest()
-    use_repa = mcfg["use_repa"]
     sums, count, t_last, step_last = {}, 0, time.perf_counter(), step
 
     bar = tqdm(total=target, initial=step, desc=f"train {model_name}", disable=rank != 0, dynamic_ncols=True)
-    for x1, y, feats in loader:
-        loss_seed, global_seed = step_seeds(seed, rank, step)
-        torch.manual_seed(global_seed)
-        gen = torch.Generator(device).manual_seed(loss_seed)
-        x1, y = x1.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        noise = torch.randn(x1.shape, generator=gen, device=device)
-        t = sample_logit_normal(len(x1), gen) if tcfg["use_lognorm"] else torch.rand(len(x1), generator=gen, device=device)
-        with autocast(device, enabled=tcfg["mixed_precision"] == "bf16"):
-            losses = training_losses(
-                net, x1, y, delta_t=mcfg["semfirst_delta_t"], semantic_chans=mcfg["semantic_chans"],
-                semantic_weight=mcfg["semantic_weight"], use_cosine_loss=tcfg["use_cosine_loss"],
-                repa_target=feats.to(device, non_blocking=True) if use_repa else None,
-                repa_weight=tcfg["repa_weight"], repa_mode=tcfg["repa_mode"], t=t, noise=noise,
-            )
-        opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        opt.step()
-        update_ema(ema, model, tcfg["ema_decay"])
+    for batch in loader:
+        terms = train_step(net, model, ema, opt, batch, seed=seed, rank=rank, step=step, device=device,
+                           mcfg=mcfg, tcfg=tcfg)
         step += 1
         count += 1
-        for name in ("total", "mse", "cos", "repa"):
-            if name in losses:
-                value = losses[name].detach().float().mean()
-                sums[name] = sums.get(name, 0) + value
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0) + value
         bar.update(1)
 
         if step % tcfg["log_every"] == 0 or step == target:
@@ -378,6 +340,61 @@ def train(
     dist.print0(f"{model_name}: reached step {step}; checkpoint {ckpt_path(run_dir, step)}")
     dist.cleanup()
     return 0
+
+
+def restore(run_dir: Path, target: int, init_from: Path | None, identity: dict, model, ema, opt, world: int,
+            source: str) -> int:
+    """Load the newest checkpoint of `run_dir` (else `init_from`) into model/ema/opt; returns its
+    step (0 for a fresh start)."""
+    found = latest_checkpoint(run_dir, target)
+    if found is None and init_from is not None:
+        found = (Path(init_from), read_checkpoint(Path(init_from)))
+    elif found is not None and init_from is not None:
+        dist.print0(f"note: {run_dir} has checkpoints; resuming there, not from --init-from {init_from}")
+    if found is None:
+        return 0
+    path, state = found
+    check_compatible(state, path, identity, source)
+    if state["step"] > target:
+        raise ConfigError(f"{path}: checkpoint is at step {state['step']}, past the requested --until-step {target}")
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["opt"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["world_size"] != world:
+        dist.print0(f"note: {path} was written by {state['world_size']} ranks, now {world}: "
+                    "per-rank random streams differ from an uninterrupted run")
+    dist.print0(f"resumed from {path} at step {state['step']}")
+    return state["step"]
+
+
+def train_step(net, model, ema, opt, batch, *, seed: int, rank: int, step: int, device, mcfg: dict,
+               tcfg: dict) -> dict:
+    """One optimizer step on this rank's share of global batch `step`; returns the loss terms
+    (detached batch means). Randomness is reseeded from (seed, rank, step) first."""
+    from sfd.flow import sample_logit_normal, training_losses
+
+    loss_seed, global_seed = step_seeds(seed, rank, step)
+    torch.manual_seed(global_seed)  # label dropout inside the model
+    gen = torch.Generator(device).manual_seed(loss_seed)
+    x1, y, feats = (v.to(device, non_blocking=True) for v in batch)
+    noise = torch.randn(x1.shape, generator=gen, device=device)
+    if tcfg["use_lognorm"]:
+        t = sample_logit_normal(len(x1), gen)
+    else:
+        t = torch.rand(len(x1), generator=gen, device=device)
+    with autocast(device, enabled=tcfg["mixed_precision"] == "bf16"):
+        losses = training_losses(
+            net, x1, y, delta_t=mcfg["semfirst_delta_t"], semantic_chans=mcfg["semantic_chans"],
+            semantic_weight=mcfg["semantic_weight"], use_cosine_loss=tcfg["use_cosine_loss"],
+            repa_target=feats if mcfg["use_repa"] else None, repa_weight=tcfg["repa_weight"],
+            repa_mode=tcfg["repa_mode"], t=t, noise=noise,
+        )
+    opt.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    opt.step()
+    update_ema(ema, model, tcfg["ema_decay"])
+    return {name: losses[name].detach().float().mean() for name in ("total", "mse", "cos", "repa") if name in losses}
 
 
 def _save(run_dir, step, model, ema, opt, cfg, identity, sampler, world, device) -> None:

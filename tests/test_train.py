@@ -111,6 +111,11 @@ def test_budget_continuation_equals_one_longer_run(setup, tmp_path):
     _assert_same_state(other / "checkpoints" / f"{STEPS:07d}.pt", setup["reference"] / "checkpoints" / f"{STEPS:07d}.pt")
     # running again is a no-op
     assert train(cfg, "tiny", setup["latents"], other) == 0
+    # --init-from the target itself still leaves the target's outputs in the new run directory
+    same = tmp_path / "same"
+    assert train(cfg, "tiny", setup["latents"], same, until_step=4, init_from=run / "checkpoints" / "0000004.pt") == 0
+    _assert_same_state(same / "checkpoints" / "0000004.pt", run / "checkpoints" / "0000004.pt")
+    assert (same / "ema" / "0000004.pt").exists()
 
 
 def _wait_for(path, proc, timeout=120):
