@@ -24,7 +24,7 @@ def init(device_kind: str = "auto", timeout_minutes: int = 30) -> torch.device:
             backend=dist_backend(device),
             init_method="env://",
             timeout=timedelta(minutes=timeout_minutes),
-            device_id=device if device.type != "cpu" else None,
+            device_id=device if device.type == "cuda" else None,
         )
     return device
 
