@@ -1,0 +1,184 @@
+"""sfd.hub against a Hub-like HTTP server on 127.0.0.1 (never the network)."""
+
+import hashlib
+import http.server
+import logging
+import threading
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import yaml
+
+from sfd import cli
+from sfd.hub import HubError, download, part_path
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+TOKEN = "hf_secretTOKENvalue123"
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+
+
+class FakeHub:
+    """Serves `files` under /<repo>/resolve/<rev>/<path>, records requests, can misbehave."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.etags: dict[str, str] = {}
+        self.gated: set[str] = set()
+        self.drop_first_get = False
+        self.requests: list[dict] = []
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _lookup(self):
+                hub.requests.append({"method": self.command, "path": self.path, "range": self.headers.get("Range"),
+                                     "auth": self.headers.get("Authorization")})
+                repo = "/".join(self.path.strip("/").split("/")[:2])
+                if repo in hub.gated:
+                    self._reply(401, {"X-Error-Code": "GatedRepo", "X-Error-Message": "gated"})
+                    return None
+                if self.path not in hub.files:
+                    self._reply(404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT})
+                    return None
+                return hub.files[self.path]
+
+            def _reply(self, status, headers, body=b""):
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_HEAD(self):
+                data = self._lookup()
+                if data is None:
+                    return
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("ETag", f'"{hub.etags.get(self.path, hashlib.sha256(data).hexdigest())}"')
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+
+            def do_GET(self):
+                data = self._lookup()
+                if data is None:
+                    return
+                start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                if hub.drop_first_get:
+                    hub.drop_first_get = False
+                    self.wfile.write(data[start : start + len(data) // 3])
+                    self.close_connection = True
+                    return
+                self.wfile.write(data[start:])
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def gets(self):
+        return [r for r in self.requests if r["method"] == "GET"]
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    server = FakeHub()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    yield server
+    server.server.shutdown()
+
+
+def test_download_writes_file_atomically_and_keeps_token_out_of_logs(hub, tmp_path, caplog):
+    hub.files["/org/vae/resolve/main/weights/ae.ckpt"] = PAYLOAD
+    out = tmp_path / "sub" / "ae.ckpt"
+    with caplog.at_level(logging.DEBUG):
+        assert download("org/vae", "weights/ae.ckpt", out) == out
+    assert out.read_bytes() == PAYLOAD
+    assert [p.name for p in out.parent.iterdir()] == ["ae.ckpt"]  # no part/temp file left
+    assert hub.gets()[0]["auth"] == f"Bearer {TOKEN}"
+    assert TOKEN not in caplog.text
+    download("org/vae", "weights/ae.ckpt", out)  # present: no second transfer
+    assert len(hub.gets()) == 1
+
+
+def test_dataset_repo_and_revision_in_url(hub, tmp_path):
+    hub.files["/datasets/org/data/resolve/v1.0/a/b.tar"] = b"tar bytes"
+    out = download("org/data", "a/b.tar", tmp_path / "b.tar", revision="v1.0", repo_type="dataset")
+    assert out.read_bytes() == b"tar bytes"
+
+
+def test_resume_after_killed_process_uses_range(hub, tmp_path):
+    hub.files["/org/vae/resolve/main/ae.ckpt"] = PAYLOAD
+    out = tmp_path / "ae.ckpt"
+    etag = hashlib.sha256(PAYLOAD).hexdigest()
+    part_path(out, etag).write_bytes(PAYLOAD[:300_000])  # what a killed download leaves behind
+    download("org/vae", "ae.ckpt", out)
+    assert out.read_bytes() == PAYLOAD
+    assert hub.gets()[0]["range"] == "bytes=300000-"
+    assert not part_path(out, etag).exists()
+
+
+def test_dropped_connection_is_retried_within_the_call(hub, tmp_path):
+    hub.files["/org/vae/resolve/main/ae.ckpt"] = PAYLOAD
+    hub.drop_first_get = True
+    out = download("org/vae", "ae.ckpt", tmp_path / "ae.ckpt")
+    assert out.read_bytes() == PAYLOAD
+    assert len(hub.gets()) == 2  # huggingface_hub retried once (resuming or restarting the body)
+
+
+def test_corrupt_transfer_fails_sha256_and_leaves_nothing(hub, tmp_path):
+    hub.files["/org/vae/resolve/main/ae.ckpt"] = PAYLOAD
+    hub.etags["/org/vae/resolve/main/ae.ckpt"] = "f" * 64  # LFS etag = sha256 of the content
+    with pytest.raises(HubError, match="does not match"):
+        download("org/vae", "ae.ckpt", tmp_path / "ae.ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gated_repo_error_says_what_to_do_without_the_token(hub, tmp_path):
+    hub.gated.add("org/private")
+    with pytest.raises(HubError) as err:
+        download("org/private", "x.pt", tmp_path / "x.pt")
+    assert "gated" in str(err.value) and "HF_TOKEN" in str(err.value)
+    assert TOKEN not in str(err.value)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_missing_file_error(hub, tmp_path):
+    with pytest.raises(HubError, match="not found"):
+        download("org/vae", "nope.pt", tmp_path / "nope.pt")
+
+
+def test_offline_mode_and_unreachable_hub(hub, tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE"):
+        download("org/vae", "ae.ckpt", tmp_path / "ae.ckpt")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    hub.server.shutdown()
+    hub.server.server_close()
+    with pytest.raises(HubError, match="offline"):
+        download("org/vae", "ae.ckpt", tmp_path / "ae.ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_weights_cli_reads_repo_and_file_from_config(hub, tmp_path):
+    hub.files["/org/vae/resolve/abc/ae.ckpt"] = PAYLOAD
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({"name": "x", "texture_vae": {"pretrained": {
+        "repo_id": "org/vae", "filename": "ae.ckpt", "revision": "abc",
+        "sha256": hashlib.sha256(PAYLOAD).hexdigest()}}}))
+    out = tmp_path / "w" / "ae.ckpt"
+    assert cli.main(["fetch-weights", "--config", str(config), "--key", "texture_vae.pretrained", "--out", str(out)]) == 0
+    assert Path(out).read_bytes() == PAYLOAD
+    assert cli.main(["fetch-weights", "--config", str(config), "--key", "texture_vae.nope", "--out", str(out)]) == 2
