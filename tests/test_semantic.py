@@ -4,10 +4,12 @@ import json
 
 import numpy as np
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from sfd.config import ConfigError, validate
 from sfd.semantic import load_encoder
@@ -126,6 +128,27 @@ def test_hub_checkpoint_through_timm_reproduces_the_hub_forward(tmp_path):
     reference = hub_forward(state, encoder.preprocess(x), depth=2, heads=2)
     assert tokens.shape == (2, 256, 32)
     assert torch.equal(tokens, reference)  # op for op the hub's computation (unfused attention)
+
+
+def test_pretrained_weights_come_through_timm_from_the_hub_cache(tmp_path, monkeypatch):
+    """`pretrained: true` is timm's Hub path; the (offline) Hub cache holds a file written here."""
+    import huggingface_hub.constants
+
+    commit = "0" * 40
+    repo = tmp_path / "models--timm--vit_base_patch14_reg4_dinov2.lvd142m"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    source = timm.create_model("vit_base_patch14_reg4_dinov2", img_size=518, num_classes=0, **TINY_DINO["timm_kwargs"])
+    save_file(source.state_dict(), str(repo / "snapshots" / commit / "model.safetensors"))  # timm layout, 37x37
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    encoder = load_encoder(section(timm_kwargs=TINY_DINO["timm_kwargs"]))
+    assert torch.equal(encoder.vit.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight)
+    table = source.pos_embed.reshape(1, 37, 37, 32).permute(0, 3, 1, 2)
+    table = F.interpolate(table, size=(16, 16), mode="bicubic", antialias=True).permute(0, 2, 3, 1).reshape(1, 256, 32)
+    assert torch.equal(encoder.vit.pos_embed, table)
+    assert not encoder.vit.blocks[0].attn.fused_attn
 
 
 def test_latent_extraction_preprocessing():

@@ -23,10 +23,6 @@ from torch import nn
 from sfd.semantic.state import load_strict
 
 ARCHS = ("linear", "mlp", "resnet", "transformer")
-CHECKPOINT_KEYS = (
-    "iteration", "model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "loss",
-    "loss_averages", "config", "input_dim", "bottleneck_dim",
-)
 
 
 @dataclass(frozen=True)

@@ -131,20 +131,34 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def eval_split(data: FeatureShards, eval_features, t: dict) -> tuple[FeatureShards, np.ndarray, int]:
+    """(eval set, its indices, number of training items): the first eval_samples items of
+    `eval_features`, or else the last eval_samples items of `data`, then left out of training."""
+    if eval_features:
+        eval_data = FeatureShards(eval_features)
+        return eval_data, np.arange(min(t["eval_samples"], len(eval_data))), len(data)
+    if len(data) <= t["eval_samples"]:
+        raise ConfigError(f"semvae.train.eval_samples: {t['eval_samples']} leaves no training items "
+                          f"of the {len(data)} in {data.directory}")
+    train_items = len(data) - t["eval_samples"]
+    return data, np.arange(train_items, len(data)), train_items
+
+
+def save_checkpoint(state: dict, ckpt_dir: Path) -> None:
+    """Write checkpoints/{iteration:07d}.pt and delete the older ones: resume needs only the last."""
+    path = ckpt_dir / f"{state['iteration']:07d}.pt"
+    torch_save(state, path)
+    for old in ckpt_dir.glob("[0-9]" * 7 + ".pt"):
+        if old != path:
+            old.unlink()
+
+
 def train(exp: dict, features, eval_features, out, run_dir) -> dict:
     """Train (or resume) and write the final checkpoint to `out`; returns the final eval metrics."""
     section, t, seed = exp["semvae"], exp["semvae"]["train"], exp["seed"]
     device = get_device(exp["device"])
     data = FeatureShards(features)
-    if eval_features:
-        eval_data, train_items = FeatureShards(eval_features), len(data)
-        eval_indices = np.arange(min(t["eval_samples"], len(eval_data)))
-    else:
-        if len(data) <= t["eval_samples"]:
-            raise ConfigError(f"semvae.train.eval_samples: {t['eval_samples']} leaves no training items "
-                              f"of the {len(data)} in {features}")
-        eval_data, train_items = data, len(data) - t["eval_samples"]
-        eval_indices = np.arange(train_items, len(data))
+    eval_data, eval_indices, train_items = eval_split(data, eval_features, t)
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -195,10 +209,7 @@ def train(exp: dict, features, eval_features, out, run_dir) -> dict:
         if done % t["eval_every"] == 0 and done < t["iterations"]:
             run_eval(done)
         if done % t["save_every"] == 0 and done < t["iterations"]:
-            torch_save(checkpoint(model, opt, sched, done, averages, section), ckpt_dir / f"{done:07d}.pt")
-            for old in ckpt_dir.glob("[0-9]" * 7 + ".pt"):
-                if old.name != f"{done:07d}.pt":
-                    old.unlink()
+            save_checkpoint(checkpoint(model, opt, sched, done, averages, section), ckpt_dir)
     seconds = time.time() - started
     metrics = run_eval(t["iterations"])
     torch_save(checkpoint(model, opt, sched, t["iterations"], averages, section), out)
