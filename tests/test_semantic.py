@@ -20,7 +20,7 @@ from sfd.semantic.train_encoder import train
 TINY_DINO = {"timm_kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2}, "pretrained": False}
 TOY_VIT = {
     "timm_model": "vit_tiny_patch16_224", "pretrained": False, "img_size": 16, "feature_resize": 18,
-    "shard_size": 8,
+    "shard_size": 8, "num_workers": 0,
     "timm_kwargs": {"patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2, "class_token": False,
                     "global_pool": "avg", "fc_norm": False},
     "train": {"steps": 120, "batch_size": 32, "lr": 2e-3, "warmup_steps": 5, "label_smoothing": 0.0,

@@ -96,7 +96,7 @@ class FeatureShards:
 
 def _fingerprint(cfg: dict, encoder_path, data: RawImages, limit: int) -> str:
     encoder = sha256(encoder_path) if encoder_path else f"hub:{cfg['timm_model']}"
-    section = {k: v for k, v in cfg.items() if k != "train"}
+    section = {k: v for k, v in cfg.items() if k not in ("train", "num_workers")}
     key = {"semantic_encoder": section, "encoder": encoder, "data": str(data.path.resolve()),
            "count": limit}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
@@ -109,7 +109,7 @@ def _shard_is_done(path: Path, fingerprint: str) -> bool:
         return (f.metadata() or {}).get("fingerprint") == fingerprint
 
 
-def extract(cfg: dict, data_path, encoder_path, out_dir, device, limit=None, batch_size=64, workers=0) -> dict:
+def extract(cfg: dict, data_path, encoder_path, out_dir, device, limit=None, batch_size=64) -> dict:
     """Write the feature shards and index of the first `limit` images of `data_path`."""
     out_dir = Path(out_dir)
     encoder = load_encoder(cfg, encoder_path).to(device)
@@ -127,7 +127,8 @@ def extract(cfg: dict, data_path, encoder_path, out_dir, device, limit=None, bat
             bar.update(len(indices))
             continue
         tokens, labels = [], []
-        for pixels, label in DataLoader(Subset(data, indices), batch_size=batch_size, num_workers=workers):
+        for pixels, label in DataLoader(Subset(data, indices), batch_size=batch_size,
+                                        num_workers=cfg["num_workers"]):
             tokens.append(encoder.features(pixels.to(device)).half().cpu())
             labels.append(label.long())
             bar.update(len(label))
@@ -153,14 +154,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output directory of feature shards")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (e.g. 500 val images)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
 
 
 def main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = load_experiment(args.config)
     index = extract(cfg["semantic_encoder"], args.data, args.encoder, args.out, get_device(cfg["device"]),
-                    limit=args.limit, batch_size=args.batch_size, workers=args.workers)
+                    limit=args.limit, batch_size=args.batch_size)
     log.info("%d images -> %s: patch_tokens [N, %d, %d] in %d shards", index["num_samples"], args.out,
              index["num_tokens"], index["dim"], len(index["shards"]))
     return 0
