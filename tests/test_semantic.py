@@ -234,3 +234,20 @@ def test_wrong_encoder_weights_name_file_and_key(tmp_path):
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match=r"bad.pt: architecture mismatch: key 'blocks.0.attn.qkv.weight' has shape"):
         load_encoder(cfg, tmp_path / "bad.pt")
+
+
+def test_extract_from_an_image_folder_in_imagefolder_order(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, sizes in (("n02", [(20, 30), (40, 18)]), ("n01", [(25, 25)])):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        for i, (h, w) in enumerate(sizes):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "val" / name / f"{i}.png")
+    cfg = section(**TOY_VIT)
+    encoder = build_encoder(cfg)
+    torch.save({"model": encoder.vit.state_dict()}, tmp_path / "enc.pt")
+    index = extract(cfg, tmp_path / "val", tmp_path / "enc.pt", tmp_path / "feats", torch.device("cpu"), limit=2)
+    assert index["num_samples"] == 2
+    tokens, labels = FeatureShards(tmp_path / "feats").batch([0, 1])
+    assert labels.tolist() == [0, 1]  # n01 first, then n02/0.png
+    first = feature_transform(cfg)(Image.open(tmp_path / "val" / "n01" / "0.png").convert("RGB"))
+    assert torch.equal(tokens[0], encoder.features(first[None])[0].half().float())

@@ -35,10 +35,10 @@ log = logging.getLogger(__name__)
 
 
 class RawImages(Dataset):
-    """Raw (uncropped) images with labels: a toy `.npz` (`images` uint8 [N,H,W,3], `labels`) or
-    an ImageFolder tree `<class>/*.JPEG` (classes sorted by name = the standard ImageNet order)."""
+    """`(transform(raw PIL image), label)` from a toy `.npz` (`images` uint8 [N,H,W,3]) or an
+    ImageFolder tree `<class>/*.JPEG` (classes sorted by name = the standard ImageNet order)."""
 
-    def __init__(self, path, transform=None):
+    def __init__(self, path, transform):
         self.path = Path(path)
         self.transform = transform
         if self.path.suffix == ".npz":
@@ -57,7 +57,7 @@ class RawImages(Dataset):
             image, label = self.folder[i]
         else:
             image, label = Image.fromarray(self.images[i]), int(self.labels[i])
-        return (self.transform(image) if self.transform else image), label
+        return self.transform(image), label
 
 
 class FeatureShards:
