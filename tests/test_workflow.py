@@ -70,13 +70,16 @@ def test_train_and_sample_keys_cover_what_changes_results(tmp_path):
     (lambda c: c["runs"]["big_40_ag"]["guidance"].update(model=None), r"runs.big_40_ag.guidance: autoguidance needs"),
     (lambda c: c["runs"]["big_40_ag"]["guidance"].update(scale=1.0), r"runs.big_40_ag.guidance.scale"),
     (lambda c: c["runs"]["big_20"].update(guidance={"kind": "none", "model": "small"}), r"runs.big_20.guidance: model/step"),
-    (lambda c: c["runs"]["big_20"].update(source="released"), r"released weights of 'big' are not listed"),
+    (lambda c: c["runs"]["big_20"].update(source="released"), r"latents.released_stats: runs with source released"),
+    (lambda c: (c["runs"]["big_20"].update(source="released"), c.update(latents={"released_stats": {
+        "repo_id": "r", "latents_stats": "a.pt", "latents_sv_stats": "b.pt"}})), r"released weights of 'big' are not listed"),
     (lambda c: c["tables"]["table_fid"]["rows"].append({"run": "ghost"}), r"tables.table_fid.rows.2.run: 'ghost'"),
     (lambda c: c["tables"]["table_fid"]["rows"].append({"run": "big_10", "paper_row": "readme.nope"}),
      r"tables.table_fid.rows.2.paper_row: 'readme.nope'"),
     (lambda c: c["tables"]["table_fid"].update(paper="table9"), r"tables.table_fid.paper: 'table9' is not a paper table"),
     (lambda c: c["models"]["big"]["train"].update(keep_steps=[50]), r"models.big.train.keep_steps: \[50\] lie beyond"),
     (lambda c: c["runs"]["big_20"].update(bogus=1), r"runs.big_20: Additional properties are not allowed"),
+    (lambda c: c["runs"]["big_20"].update(num_samples=50), r"runs.big_20.num_samples: 50 samples, fewer than evaluation"),
 ])
 def test_bad_references_name_the_key(tmp_path, edit, message):
     import copy

@@ -239,6 +239,12 @@ def check(exp: Experiment) -> None:
             raise ConfigError(
                 f"{src}: runs.{name}.guidance: model/step are for autoguidance, kind is {guidance['kind']!r}"
             )
+        wanted = cfg["evaluation"]["num_samples"]
+        have = run["num_samples"] or cfg["sampling"]["num_samples"]
+        if have < wanted:
+            raise ConfigError(
+                f"{src}: runs.{name}.num_samples: {have} samples, fewer than evaluation.num_samples {wanted}"
+            )
         if guidance["kind"] != "none" and guidance["scale"] <= 1:
             raise ConfigError(f"{src}: runs.{name}.guidance.scale: {guidance['kind']} acts only when scale > 1")
 
