@@ -13,17 +13,16 @@ from pathlib import Path
 
 import yaml
 
-from sfd.config import ConfigError, load_experiment, load_yaml
+from sfd.config import ConfigError, load_experiment
 
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
-METRICS = ("fid", "sfid", "inception_score", "precision", "recall")
 # models.<m>.train keys that do not change the training trajectory (as sfd.train._SCHEDULE_KEYS;
 # tests/test_workflow.py keeps the two equal).
+SCHEDULE_KEYS = frozenset({"budgets", "ckpt_every", "keep_steps", "log_every", "num_workers"})
 # sampling.* keys that change the samples; pack_seed and the grid shape only reorder/show them, and
 # the guidance defaults are overridden per run (runs.<r>.guidance).
 SAMPLE_KEYS = ("method", "num_steps", "atol", "rtol", "timestep_shift", "batch_size", "shard_size", "seed",
                "cfg_interval_start")
-SCHEDULE_KEYS = frozenset({"budgets", "ckpt_every", "keep_steps", "log_every", "num_workers"})
 
 
 def paper_tables() -> dict:
@@ -41,7 +40,6 @@ class Experiment:
 
     path: str
     cfg: dict
-    raw: dict  # the file as written: DVC reads parameters from it, not from our defaults
 
     @property
     def name(self) -> str:
@@ -187,7 +185,7 @@ def _known(mapping) -> str:
 def load(path) -> Experiment:
     """Load, schema-validate and cross-check an experiment file."""
     cfg = load_experiment(path)
-    exp = Experiment(str(path), cfg, load_yaml(path))
+    exp = Experiment(str(path), cfg)
     check(exp)
     return exp
 
@@ -220,8 +218,7 @@ def check(exp: Experiment) -> None:
                     f"{src}: {key}: released weights of {model!r} are not listed in released.checkpoints"
                 )
             return
-        train = models[model]["train"]
-        available = sorted(set(train["budgets"]) | set(train["keep_steps"]))
+        available = exp.export_steps(model)
         if step not in available:
             raise ConfigError(
                 f"{src}: {key}: step {step} of {model!r} is neither a budget nor a keep_step "
@@ -239,8 +236,7 @@ def check(exp: Experiment) -> None:
             raise ConfigError(
                 f"{src}: runs.{name}.guidance: model/step are for autoguidance, kind is {guidance['kind']!r}"
             )
-        wanted = cfg["evaluation"]["num_samples"]
-        have = run["num_samples"] or cfg["sampling"]["num_samples"]
+        wanted, have = cfg["evaluation"]["num_samples"], exp.num_samples(name)
         if have < wanted:
             raise ConfigError(
                 f"{src}: runs.{name}.num_samples: {have} samples, fewer than evaluation.num_samples {wanted}"
