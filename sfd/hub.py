@@ -12,13 +12,14 @@ never logged. HF_ENDPOINT is read at call time, so a mirror (or a test server) c
 """
 
 import argparse
-import hashlib
 import importlib
 import logging
 import os
 import re
 from pathlib import Path
 from urllib.parse import urlparse
+
+from sfd.io import sha256 as sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,6 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
         except ImportError:
             pass
     return tuple(errors)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_replace(src: Path, dst: Path) -> None:
@@ -87,7 +80,7 @@ def download(
     out_path = Path(out_path)
     where = f"{repo_type} repo {repo_id}@{revision or 'main'}, file {filename}"
     if out_path.is_file():
-        if sha256 is not None and _sha256(out_path) != sha256:
+        if sha256 is not None and sha256_of(out_path) != sha256:
             raise HubError(f"{out_path}: exists but its sha256 is not {sha256} ({where}); delete it to refetch")
         log.info("%s: already present", out_path)
         return out_path
@@ -134,7 +127,7 @@ def download(
     if meta.size is not None and part.stat().st_size != meta.size:
         raise HubError(f"{part}: {part.stat().st_size} bytes, the Hub says {meta.size}; rerun to resume")
     expected = sha256 or (meta.etag if _SHA256.match(meta.etag) else None)
-    if expected is not None and (actual := _sha256(part)) != expected:
+    if expected is not None and (actual := sha256_of(part)) != expected:
         part.unlink()
         raise HubError(f"{where}: sha256 {actual} does not match {expected}; the partial file was removed")
     _fsync_replace(part, out_path)

@@ -127,6 +127,8 @@ def test_killed_extraction_resumes_to_identical_bytes(toy_npz, tmp_path, monkeyp
     assert shard_bytes(tmp_path / "resumed") == shard_bytes(tmp_path / "ref")
     with pytest.raises(ValueError, match=r"shard-00000.safetensors: written with .*'seed': 5.*use another --out"):
         run(toy_npz, tmp_path / "resumed", seed=6)
+    with pytest.raises(ValueError, match=r"'texture_vae': None.*'texture_vae': 'ab12'"):  # another model
+        run(toy_npz, tmp_path / "resumed", provenance={"texture_vae": "ab12"})
 
 
 def test_flip_false_and_spatial_mismatch(toy_npz, tmp_path):

@@ -80,6 +80,10 @@ def test_our_checkpoint_round_trip(tmp_path):
         assert torch.equal(model.posterior(x)[0], loaded.posterior(x)[0])
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_texture_vae(tmp_path / "nope.pt")
+    data = (tmp_path / "vae.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cut.pt: not a readable torch checkpoint"):
+        load_texture_vae(tmp_path / "cut.pt")
 
 
 def test_encode_is_a_seeded_posterior_sample_with_clamped_logvar():

@@ -15,6 +15,7 @@ import argparse
 import logging
 
 import numpy as np
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +132,10 @@ def make_split(data_cfg: dict, split: str) -> tuple[np.ndarray, np.ndarray]:
     count = data_cfg[f"{split}_size"]
     labels = np.arange(count, dtype=np.int64) % num_classes
     images = np.empty((count, size, size, 3), dtype=np.uint8)
-    for i in _progress(range(count), f"toy {split}"):
+    for i in tqdm(range(count), desc=f"toy {split}", unit="img", mininterval=1.0):
         rng = np.random.default_rng([params["seed"], SPLITS[split], i])
         images[i] = render(int(labels[i]), rng, size, params)
     return images, labels
-
-
-def _progress(iterable, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=desc, unit="img", mininterval=1.0)
 
 
 def save_npz(path, images: np.ndarray, labels: np.ndarray, class_names) -> None:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from sfd import distributed as dist
 from sfd.data.images import BadImageError, ImageDataset, to_tensor
+from sfd.io import sha256
 from sfd.latents.store import FEATS, FORMAT, SEMANTIC, TEXTURE, shard_metadata, shard_path, write_index, write_shard
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,9 @@ def encode_batch(x: torch.Tensor, texture_vae, encoder, semvae, tex_gen, sem_gen
 
 
 def extract_shard(images: ImageDataset, shard: int, models: tuple, out_dir: Path, *, shard_size: int,
-                  batch_size: int, seed: int, flip: bool, skip_bad: bool, device, num_workers: int = 0) -> Path:
-    """Encode images of shard `shard` and write it atomically."""
+                  batch_size: int, seed: int, flip: bool, skip_bad: bool, device, num_workers: int = 0,
+                  provenance: dict | None = None) -> Path:
+    """Encode images of shard `shard` and write it atomically, `provenance` in its metadata."""
     texture_vae, encoder, semvae = models
     start, stop = shard * shard_size, min(len(images), (shard + 1) * shard_size)
     loader = torch.utils.data.DataLoader(_Views(images, start, stop, skip_bad), batch_size=batch_size,
@@ -108,8 +110,13 @@ def extract_shard(images: ImageDataset, shard: int, models: tuple, out_dir: Path
     if not parts:  # every image of the shard was skipped: an empty shard keeps the numbering
         parts = {"labels": [torch.zeros(0, dtype=torch.long)], "indices": [torch.zeros(0, dtype=torch.long)]}
     tensors = {key: torch.cat(value) for key, value in parts.items()}
-    meta = {"start": start, "stop": stop, "seed": seed, "flip": flip, "skipped": skipped}
+    meta = {**_identity(start, stop, seed, flip, batch_size, provenance), "skipped": skipped}
     return write_shard(out_dir, shard, tensors, meta)
+
+
+def _identity(start: int, stop: int, seed: int, flip: bool, batch_size: int, provenance: dict | None) -> dict:
+    """Everything a shard's bytes depend on (the batch size too: it groups the posterior draws)."""
+    return {"start": start, "stop": stop, "seed": seed, "flip": flip, "batch_size": batch_size, **(provenance or {})}
 
 
 def _is_done(out_dir: Path, shard: int, expected: dict) -> bool:
@@ -127,11 +134,12 @@ def _is_done(out_dir: Path, shard: int, expected: dict) -> bool:
 
 def extract_latents(images: ImageDataset, models: tuple, out_dir, *, shard_size: int, batch_size: int,
                     seed: int, flip: bool = True, on_bad_image: str = "error", device="cpu",
-                    num_workers: int = 0, extra_index: dict | None = None) -> dict | None:
+                    num_workers: int = 0, provenance: dict | None = None) -> dict | None:
     """Write every missing shard of `images` into `out_dir`, then (rank 0) the index.
 
     `models` is (texture_vae, semantic encoder, Semantic VAE), already on `device` and in eval
-    mode. Returns the index on rank 0, None elsewhere.
+    mode. `provenance` (e.g. data path and model hashes) is recorded in every shard and checked
+    when resuming. Returns the index on rank 0, None elsewhere.
     """
     rank, world_size = dist.get_rank(), dist.get_world_size()
     out_dir = Path(out_dir)
@@ -140,7 +148,7 @@ def extract_latents(images: ImageDataset, models: tuple, out_dir, *, shard_size:
     pending = []
     for k in range(num_shards):
         start, stop = k * shard_size, min(len(images), (k + 1) * shard_size)
-        if not _is_done(out_dir, k, {"start": start, "stop": stop, "seed": seed, "flip": flip}):
+        if not _is_done(out_dir, k, _identity(start, stop, seed, flip, batch_size, provenance)):
             pending.append(k)
     if rank == 0:
         log.info("%s: %d of %d shards to do (%d images, %d ranks)", out_dir, len(pending), num_shards,
@@ -149,12 +157,13 @@ def extract_latents(images: ImageDataset, models: tuple, out_dir, *, shard_size:
     mine = pending[rank::world_size]
     for k in tqdm(mine, desc=f"extract-latents[{rank}]", unit="shard", disable=not mine):
         extract_shard(images, k, models, out_dir, shard_size=shard_size, batch_size=batch_size, seed=seed,
-                      flip=flip, skip_bad=on_bad_image == "skip", device=device, num_workers=num_workers)
+                      flip=flip, skip_bad=on_bad_image == "skip", device=device, num_workers=num_workers,
+                      provenance=provenance)
     dist.barrier()
     if rank != 0:
         return None
     index = write_index(out_dir, num_source_images=len(images), shard_size=shard_size, seed=seed,
-                        flip=flip, **(extra_index or {}))
+                        flip=flip, batch_size=batch_size, provenance=provenance or {})
     if index["num_skipped"]:
         log.warning("%s: %d undecodable images skipped (listed in index.json)", out_dir, index["num_skipped"])
     log.info("%s: %d latents in %d shards", out_dir, index["num_items"], len(index["shards"]))
@@ -180,6 +189,11 @@ def main(args) -> int:
     data, lcfg = cfg["data"], cfg["latents"]
     device = dist.init(cfg["device"])
     images = ImageDataset(args.data, data["image_size"], num_classes=data["num_classes"])
+    provenance = {
+        "data": str(args.data), "image_size": data["image_size"],
+        "texture_vae": sha256(args.texture_vae), "semvae": sha256(args.semvae),
+        "encoder": sha256(args.encoder) if args.encoder else cfg["semantic_encoder"]["timm_model"],
+    }
     models = (
         load_texture_vae(args.texture_vae, arch=cfg["texture_vae"]["arch"]).to(device),
         load_encoder(cfg["semantic_encoder"], args.encoder).to(device),
@@ -188,7 +202,7 @@ def main(args) -> int:
     extract_latents(
         images, models, args.out, shard_size=lcfg["shard_size"], batch_size=lcfg["batch_size"],
         seed=cfg["seed"], flip=lcfg["flip"], on_bad_image=lcfg["on_bad_image"], device=device,
-        num_workers=lcfg["num_workers"], extra_index={"source": str(args.data), "image_size": data["image_size"]},
+        num_workers=lcfg["num_workers"], provenance=provenance,
     )
     dist.cleanup()
     return 0

@@ -286,6 +286,8 @@ def _torch_load(path: Path):
         # Lightning checkpoints can carry non-tensor objects; the file is one we pinned by repo/sha.
         log.warning("%s: not loadable with weights_only=True; loading the full pickle", path)
         return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"{path}: not a readable torch checkpoint (truncated?): {err}") from err
 
 
 def _check_keys(path: Path, arch: AEArch, expected: dict, found: dict) -> None:
