@@ -10,8 +10,10 @@ config's architecture: throughput does not depend on the values.
 Training images/s is the median of the per-step figures in log.jsonl after `--warmup` steps.
 Generation images/s is N / (the slowest rank's summed shard time), i.e. without process start-up
 and model loading; it includes the VAE decode. A single process uses `--threads` intra-op
-threads, each DDP rank threads/2, so both settings use the same cores. On a shared machine the
-figures move with the load, printed alongside.
+threads, each DDP rank max(threads/2, 1): `--threads 2` compares both settings on the same two
+cores, `--threads 1` one core against two. On a shared, loaded machine two spinning intra-op
+threads in one process can be many times slower than one, so read `--threads 2` figures with
+the load average printed alongside.
 
     python benchmarks/bench_engines.py [--cases toy b1] [--steps N] [--threads 2] [--workdir DIR]
 """
