@@ -246,8 +246,14 @@ def test_dataset_without_flips_and_missing_index(tmp_path):
 
 @pytest.mark.slow
 def test_two_ranks_write_the_same_directory_as_one(toy_npz, tmp_path):
-    """torchrun with 2 CPU ranks (gloo): shard ranges split, rank 0 indexes after a barrier."""
-    run(toy_npz, tmp_path / "single")
+    """torchrun with 2 CPU ranks (gloo): shard ranges split, rank 0 indexes after a barrier.
+    Both sides use one CPU thread (torchrun's default): float results depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run(toy_npz, tmp_path / "single")
+    finally:
+        torch.set_num_threads(threads)
     script = tmp_path / "ranks.py"
     script.write_text(textwrap.dedent(f"""
         import sys, torch
@@ -255,7 +261,6 @@ def test_two_ranks_write_the_same_directory_as_one(toy_npz, tmp_path):
         from test_latents import run, models
         from sfd import distributed as dist
         dist.init("cpu")
-        torch.set_num_threads(1)
         run({str(toy_npz)!r}, {str(tmp_path / "multi")!r})
         dist.cleanup()
     """))

@@ -9,7 +9,8 @@ from encoding the flipped IMAGE, never from flipping a latent) go through
 Shard k holds source images [k*S, (k+1)*S). Its posterior noise comes from generators seeded by
 (seed, k), so a shard's bytes depend on neither the world size nor on which run wrote it: a
 killed extraction rerun with the same command skips the finished (atomically written) shards
-and produces the same directory as an uninterrupted run. Under torchrun each rank takes every
+and produces the same directory as an uninterrupted run (on the same kind of device and CPU
+thread count, which float results depend on). Under torchrun each rank takes every
 world-size-th unfinished shard; rank 0 writes `index.json` after a barrier.
 """
 
