@@ -3,7 +3,6 @@ budget continuation, SIGTERM suspension (exit 75) and refusal of foreign checkpo
 
 import copy
 import json
-import os
 import signal
 import subprocess
 import sys
