@@ -22,7 +22,6 @@ rule extract_latents:
         logfile("extract_latents"),
     benchmark:
         benchfile("extract_latents")
-    threads: 2
     resources:
         mem_mb=16000,
         runtime=2880,

@@ -43,7 +43,6 @@ rule sample:
         logfile("sample", "{run}"),
     benchmark:
         benchfile("sample", "{run}")
-    threads: 2
     resources:
         mem_mb=16000,
         runtime=1440,

@@ -42,7 +42,6 @@ rule extract_features:
         logfile("extract_features"),
     benchmark:
         benchfile("extract_features")
-    threads: 2
     resources:
         mem_mb=8000,
         runtime=1440,
@@ -68,7 +67,6 @@ rule train_semvae:
         logfile("train_semvae"),
     benchmark:
         benchfile("train_semvae")
-    threads: 2
     resources:
         mem_mb=16000,
         runtime=2880,

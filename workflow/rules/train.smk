@@ -24,7 +24,6 @@ rule train:
         logfile("train", "{model}_{step}"),
     benchmark:
         benchfile("train", "{model}_{step}")
-    threads: 2
     resources:
         mem_mb=16000,
         runtime=1440,
