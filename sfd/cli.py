@@ -39,6 +39,8 @@ COMMANDS = {
     "make-reference": ("sfd.evaluation.reference", "Write a toy reference batch (arr_0 real images, arr_1 labels)."),
     "evaluate": ("sfd.evaluation.evaluate", "ADM-equivalent FID, sFID, IS, precision and recall of a sample npz."),
     # -- workflow (issue 6) --
+    "sample-run": ("sfd.workflow.sample_run", "`sfd sample` for one run of the experiment (settings read from runs.<run>)."),
+    "fetch-released": ("sfd.workflow.fetch_released", "Download one released SFD checkpoint named by the experiment's `released` section."),
     "launch": ("sfd.workflow.launch", "Run a resumable command on all devices of the job (torchrun/srun), guarding its state dir."),
     "tables": ("sfd.workflow.tables", "Build results/<table>.csv: measured metrics beside the paper's numbers."),
     "plots": ("sfd.workflow.plots", "Draw a paper figure (FID vs delta_t or vs iterations) from its results CSV."),

@@ -147,24 +147,6 @@ class Experiment:
             keys.append("sampling.num_samples")
         return keys
 
-    def sample_args(self, run: str) -> str:
-        """The `sfd sample` options that set a run apart from the `sampling` defaults."""
-        spec = self.run(run)
-        guidance = spec["guidance"]
-        args = [f"--model {spec['model']}", f"--guidance {guidance['kind']}", f"--cfg-scale {guidance['scale']}",
-                f"--num-samples {self.num_samples(run)}"]
-        if guidance["kind"] == "autoguidance":
-            args.append(f"--guide-model {guidance['model']}")
-        if spec["source"] == "released":
-            args.append("--allow-unsafe-pickle")
-        return " ".join(args)
-
-    def released_args(self, model: str, step: int) -> str:
-        """`sfd fetch-weights` options naming a released EMA checkpoint on the Hub."""
-        released = self.cfg["released"]
-        args = f"--repo-id {released['repo_id']} --filename {released['checkpoints'][model].format(step=step)}"
-        return args + (f" --revision {released['revision']}" if released["revision"] else "")
-
     @cached_property
     def released_weights(self) -> list[tuple[str, int]]:
         """(model, step) pairs that runs with `source: released` sample or guide with."""

@@ -11,7 +11,7 @@ if EXP.released_weights:
             f"{E}/released/{{model}}/{{step}}.pt",
         params:
             **cfg("released"),
-            hub=lambda w: EXP.released_args(w.model, int(w.step)),
+            step=lambda w: int(w.step),
         conda:
             "../envs/sfd.yaml"
         log:
@@ -22,7 +22,8 @@ if EXP.released_weights:
             mem_mb=2000,
             runtime=240,
         shell:
-            "sfd fetch-weights {params.hub} --out {output} > {log} 2>&1"
+            "sfd fetch-released --config {params.experiment} --model {wildcards.model} --step {params.step}"
+            " --out {output} > {log} 2>&1"
 
 
 rule sample:
@@ -34,7 +35,6 @@ rule sample:
     params:
         **cfg(lambda w: EXP.sample_keys(w.run)),
         state=parent("output"),
-        args=lambda w: EXP.sample_args(w.run),
         guide=option("--guide-ckpt", "guide"),
         stats=parent("stats"),
     conda:
@@ -48,7 +48,7 @@ rule sample:
         runtime=1440,
         **device_resources(),
     shell:
-        launch() + "sfd sample --config {params.experiment} {params.args} --ckpt {input.ckpt}"
+        launch() + "sfd sample-run --config {params.experiment} --run {wildcards.run} --ckpt {input.ckpt}"
         " {params.guide} --latents {params.stats} --texture-vae {input.texture_vae}"
         " --out {params.state} > {log} 2>&1"
 
