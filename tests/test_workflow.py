@@ -241,3 +241,22 @@ def test_sample_run_reads_the_run_and_rejects_other_checkpoints(tmp_path):
         sample_argv(exp, "big_20", Path(exp.ema("big", 40)), None)
     with pytest.raises(ConfigError, match=r"runs.big_40_ag.guidance uses"):
         sample_argv(exp, "big_40_ag", Path(exp.ema("big", 40)), None)
+
+
+def test_fetch_released_names_the_file_from_the_released_section(tmp_path, monkeypatch):
+    import argparse
+
+    import sfd.hub
+    from sfd.workflow import fetch_released
+
+    data = {**MINI, "released": {"repo_id": "SFD-Project/SFD", "revision": "abc123",
+                                 "checkpoints": {"big": "model_weights/sfd_xl/checkpoints/{step:07d}.pt"}}}
+    config = write_config(tmp_path, data)
+    calls = []
+    monkeypatch.setattr(sfd.hub, "download", lambda *a, **k: calls.append((a, k)))
+    args = argparse.Namespace(config=str(config), model="big", step=400000, out=tmp_path / "x.pt")
+    assert fetch_released.main(args) == 0
+    assert calls == [(("SFD-Project/SFD", "model_weights/sfd_xl/checkpoints/0400000.pt", tmp_path / "x.pt"),
+                      {"revision": "abc123"})]
+    with pytest.raises(ConfigError, match="released.checkpoints.small: not listed"):
+        fetch_released.main(argparse.Namespace(config=str(config), model="small", step=5, out=tmp_path / "y.pt"))
