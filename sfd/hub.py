@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlparse
 
+from sfd.io import replace_durably
 from sfd.io import sha256 as sha256_of
 
 log = logging.getLogger(__name__)
@@ -39,17 +40,6 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
         except ImportError:
             pass
     return tuple(errors)
-
-
-def _fsync_replace(src: Path, dst: Path) -> None:
-    with open(src, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(src, dst)
-    dir_fd = os.open(dst.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def part_path(out_path: Path, etag: str) -> Path:
@@ -130,7 +120,7 @@ def download(
     if expected is not None and (actual := sha256_of(part)) != expected:
         part.unlink()
         raise HubError(f"{where}: sha256 {actual} does not match {expected}; the partial file was removed")
-    _fsync_replace(part, out_path)
+    replace_durably(part, out_path)
     log.info("wrote %s (%d bytes)", out_path, out_path.stat().st_size)
     return out_path
 

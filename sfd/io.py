@@ -54,6 +54,19 @@ def atomic_path(path):
         raise
 
 
+def replace_durably(src, dst) -> None:
+    """fsync a finished file, rename it over `dst`, fsync the directory (resumed downloads)."""
+    src, dst = Path(src), Path(dst)
+    with open(src, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(src, dst)
+    dir_fd = os.open(dst.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def torch_save(obj, path) -> None:
     import torch
 

@@ -9,7 +9,6 @@ is printed and recorded in `<name>.sha256`, and every later run checks the file 
 import contextlib
 import http.client
 import logging
-import os
 import re
 import urllib.error
 import urllib.request
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from sfd.io import sha256, write_text
+from sfd.io import replace_durably, sha256, write_text
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +29,6 @@ class AssetError(RuntimeError):
 
 def asset_filename(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
-
-
-def _replace_durably(src: Path, dst: Path) -> None:
-    with open(src, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(src, dst)
-    dir_fd = os.open(dst.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _download(url: str, part: Path, dest: Path, timeout: float) -> None:
@@ -109,7 +97,7 @@ def fetch(url: str, out_dir, expected_sha256: str | None = None, timeout: float 
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
             raise AssetError(f"{url}: downloaded file has sha256 {digest}, expected {pinned}; removed it")
-        _replace_durably(part, dest)
+        replace_durably(part, dest)
     if pinned is None:
         write_text(f"{digest}  {dest.name}\n", record)
         print(f"{dest.name}: sha256 {digest} (not pinned in the config; recorded in {record.name})")
