@@ -63,6 +63,8 @@ def test_toy_cut_through_sbatch_resumes_after_the_walltime_signal(tmp_path_facto
     ema = work / "outputs/toy/train/sfd_p/0000200/ema/0000200.pt"
     uninterrupted = state_dict(ema)
     shutil.rmtree(work / "outputs/toy/train/sfd_p/0000200")  # the forced rerun starts from scratch
+    log = work / "logs/toy/train/sfd_p_0000200.log"
+    log.unlink()  # the local run's log would say "steps 0 -> 200" before this job started
     metrics = work / "outputs/toy/metrics/p_200.json"
     before = metrics.stat().st_mtime_ns
 
@@ -70,7 +72,6 @@ def test_toy_cut_through_sbatch_resumes_after_the_walltime_signal(tmp_path_facto
            "--profile", str(profile), "--forcerun", "train"]
     proc = subprocess.Popen(cmd, cwd=work, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
-    log = work / "logs/toy/train/sfd_p_0000200.log"
     signalled = None
     deadline = time.monotonic() + 900
     while proc.poll() is None and time.monotonic() < deadline:

@@ -56,8 +56,9 @@ def prepare_state(state: Path, digest: str) -> bool:
             previous = None
         if previous == digest:
             return True
-        log.info("%s holds results of another configuration or input (%s): removing it",
-                 state, "no stamp" if previous is None else previous[:12])
+        if any(p.is_file() for p in state.rglob("*")):  # not just the output folders Snakemake made
+            log.info("%s holds results of another configuration or input (%s): removing it",
+                     state, "no stamp" if previous is None else previous[:12])
         shutil.rmtree(state)
     state.mkdir(parents=True)
     write_json({"fingerprint": digest}, stamp)
