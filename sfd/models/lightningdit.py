@@ -22,7 +22,7 @@ from sfd.models.embeddings import (
 # name -> (depth, hidden size D, heads). P, T, M are our toy sizes for the CPU pipeline.
 MODEL_SIZES = {
     "P": (2, 64, 2),
-    "T": (4, 128, 4),
+    "T": (4, 96, 4),
     "M": (6, 192, 3),
     "S": (12, 384, 6),
     "B": (12, 768, 12),
