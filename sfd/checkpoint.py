@@ -25,6 +25,31 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or that does not fit the model it is loaded into."""
 
 
+def first_mismatch(expected: dict, found: dict) -> str | None:
+    """The first key (module order, then file order) where `found` does not fit `expected`.
+
+    One disagreeing key in the module's own order says more about a wrong architecture than
+    torch's unordered lists of every missing and unexpected key.
+    """
+    for key, tensor in expected.items():
+        if key not in found:
+            return f"missing key '{key}'"
+        if tuple(found[key].shape) != tuple(tensor.shape):
+            return f"key '{key}' has shape {list(found[key].shape)} in the checkpoint, expected {list(tensor.shape)}"
+    for key in found:
+        if key not in expected:
+            return f"unexpected key '{key}'"
+    return None
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source) -> None:
+    """`module.load_state_dict(state)`, raising ValueError('{source}: ... key ...') on any mismatch."""
+    mismatch = first_mismatch(module.state_dict(), state)
+    if mismatch is not None:
+        raise CheckpointError(f"{source}: architecture mismatch: {mismatch}")
+    module.load_state_dict(state)
+
+
 def _torch_load(path: Path, allow_unsafe: bool):
     """torch.load, safe first; the unsafe retry only for pickled objects and only when allowed."""
     try:

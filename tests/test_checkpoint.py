@@ -144,7 +144,7 @@ def test_mismatch_names_file_first_keys_and_shapes(tmp_path, source):
     message = str(err.value)
     assert "wide.pt: does not fit LightningDiT" in message
     assert "unexpected keys (first: 'blocks.2.norm1.weight')" in message
-    assert "first: 'pos_embed' expected [1, 64, 64], got [1, 64, 128]" in message
+    assert "first: 'pos_embed' expected [1, 64, 64], got [1, 64, 96]" in message
 
     partial = dict(sd)
     del partial["blocks.1.attn.q_norm.weight"]

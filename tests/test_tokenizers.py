@@ -58,8 +58,8 @@ def test_released_f16d32_checkpoint_loads_strictly(tmp_path):
 
 
 @pytest.mark.parametrize("arch, extra, drop, message", [
-    (TOY, None, None, r"key 'encoder.conv_in.weight' has shape \[128, 3, 3, 3\] in the checkpoint but \[32, 3, 3, 3\]"),
-    (None, None, "decoder.conv_out.bias", r"key 'decoder.conv_out.bias' missing"),
+    (TOY, None, None, r"key 'encoder.conv_in.weight' has shape \[128, 3, 3, 3\] in the checkpoint, expected \[32, 3, 3, 3\]"),
+    (None, None, "decoder.conv_out.bias", r"missing key 'decoder.conv_out.bias'"),
     (None, {"encoder.extra.weight": torch.zeros(1)}, None, r"unexpected key 'encoder.extra.weight'"),
 ])
 def test_wrong_architecture_names_the_first_mismatching_key(tmp_path, arch, extra, drop, message):

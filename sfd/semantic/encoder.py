@@ -32,7 +32,7 @@ from torch import nn
 from torchvision import transforms
 
 from sfd.config import ConfigError
-from sfd.semantic.state import load_strict
+from sfd.checkpoint import load_strict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from sfd.semantic.state import load_strict
+from sfd.checkpoint import load_strict
 
 ARCHS = ("linear", "mlp", "resnet", "transformer")
 

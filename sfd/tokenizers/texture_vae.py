@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sfd.checkpoint import CheckpointError, first_mismatch
+
 log = logging.getLogger(__name__)
 
 LOGVAR_RANGE = (-30.0, 20.0)
@@ -290,21 +292,6 @@ def _torch_load(path: Path):
         raise ValueError(f"{path}: not a readable torch checkpoint (truncated?): {err}") from err
 
 
-def _check_keys(path: Path, arch: AEArch, expected: dict, found: dict) -> None:
-    """Raise naming the first key (in model order) that is missing, unexpected or mis-shaped."""
-    for key, tensor in expected.items():
-        if key not in found:
-            raise ValueError(f"{path}: key {key!r} missing from the checkpoint for texture VAE arch {arch}")
-        if tuple(found[key].shape) != tuple(tensor.shape):
-            raise ValueError(
-                f"{path}: key {key!r} has shape {list(found[key].shape)} in the checkpoint but "
-                f"{list(tensor.shape)} in texture VAE arch {arch}"
-            )
-    unexpected = [k for k in found if k not in expected]
-    if unexpected:
-        raise ValueError(f"{path}: unexpected key {unexpected[0]!r} for texture VAE arch {arch}")
-
-
 def load_texture_vae(path, arch: AEArch | dict | None = None) -> TextureVAE:
     """Load our checkpoint or the released LDM one (raw or under `state_dict`, `loss.*` dropped).
 
@@ -323,6 +310,8 @@ def load_texture_vae(path, arch: AEArch | dict | None = None) -> TextureVAE:
     arch = AEArch.from_dict(arch if arch is not None else ckpt.get("arch"))
     with torch.device("meta"):
         model = TextureVAE(arch)
-    _check_keys(path, arch, model.state_dict(), state)
+    mismatch = first_mismatch(model.state_dict(), state)
+    if mismatch is not None:
+        raise CheckpointError(f"{path}: architecture mismatch: {mismatch} (texture VAE arch {arch})")
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
