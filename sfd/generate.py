@@ -96,7 +96,7 @@ def read_shard(path: Path, start: int, stop: int) -> dict | None:
 
 def latent_size(state_dict: dict, model_cfg: dict) -> int:
     """The latent grid the checkpoint was trained on, read from its pos_embed [1, T, D] (T = (H/p)²)."""
-    from sfd.models.lightningdit import parse_model_type
+    from sfd.models.sizes import parse_model_type
 
     tokens = state_dict["pos_embed"].shape[1]
     side = int(round(tokens**0.5))

@@ -1,5 +1,17 @@
-"""The SFD denoiser: LightningDiT with semantic-first dual timesteps (spec §2)."""
+"""The SFD denoiser: LightningDiT with semantic-first dual timesteps (spec §2).
 
-from sfd.models.lightningdit import MODEL_SIZES, REPA_DIMS, LightningDiT, build_model
+torch is imported only when a model is asked for: the workflow reads `sfd.models.sizes` while
+Snakemake parses the DAG, and that must stay cheap.
+"""
+
+from sfd.models.sizes import MODEL_SIZES
 
 __all__ = ["MODEL_SIZES", "REPA_DIMS", "LightningDiT", "build_model"]
+
+
+def __getattr__(name):
+    if name in __all__:
+        from sfd.models import lightningdit
+
+        return getattr(lightningdit, name)
+    raise AttributeError(f"module 'sfd.models' has no attribute {name!r}")

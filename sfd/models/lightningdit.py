@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sfd.config import ConfigError, validate
+from sfd.models.sizes import MODEL_SIZES, parse_model_type
 from sfd.models.embeddings import (
     LabelEmbedder,
     TimestepEmbedder,
@@ -19,18 +20,6 @@ from sfd.models.embeddings import (
     sincos_pos_embed_2d,
 )
 
-# name -> (depth, hidden size D, heads). P, T, M are our toy sizes for the CPU pipeline.
-MODEL_SIZES = {
-    "P": (2, 64, 2),
-    "T": (4, 96, 4),
-    "M": (6, 192, 3),
-    "S": (12, 384, 6),
-    "B": (12, 768, 12),
-    "L": (24, 1024, 16),
-    "XL": (28, 1152, 16),
-    "1p0B": (24, 1536, 24),
-    "1p6B": (28, 1792, 28),
-}
 
 # Token width of the encoders REPA aligns to (the projector's output width).
 REPA_DIMS = {
@@ -346,12 +335,6 @@ class LightningDiT(nn.Module):
         if self.use_repa and self.training:
             return velocity, repa_tokens
         return velocity
-
-
-def parse_model_type(model_type: str) -> tuple[str, int]:
-    """'LightningDiT-XL/1' -> ('XL', 1); the schema has already checked the pattern."""
-    size, patch = model_type.removeprefix("LightningDiT-").split("/")
-    return size, int(patch)
 
 
 def repa_out_dim(model_cfg: dict) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from sfd.config import ConfigError, load_experiment
+from sfd.models.sizes import step_cost
 
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 # models.<m>.train keys that do not change the training trajectory (as sfd.train._SCHEDULE_KEYS;
@@ -98,6 +99,15 @@ class Experiment:
         if source == "released":
             return f"{self.root}/released/{model}/{step:07d}.pt"
         return f"{self.run_dir(model, step)}/ema/{step:07d}.pt"
+
+    def priority(self, model: str) -> int:
+        """Scheduler rank of `model`'s training and sampling jobs: 0 for the cheapest step cost.
+
+        Where cores are short, Snakemake starts higher priorities first; starting the costliest
+        model first keeps its training chain, the DAG's critical path, from waiting."""
+        models = self.cfg["models"]
+        by_cost = sorted(models, key=lambda m: (step_cost(models[m]["model"]["model_type"]), m))
+        return by_cost.index(model)
 
     def train_keys(self, model: str) -> list[str]:
         """Config keys that fix the training trajectory of `model`; the schedule keys (budgets,

@@ -84,6 +84,21 @@ def cfg(*keys):
     }
 
 
+# Scheduler priorities, for when jobs wait for cores (a laptop, a busy partition): everything up
+# to the latents lies on every path to a table; then training, the costliest model first (its
+# chain is the critical path); then sampling, costliest first. The detector, the reference, the
+# evaluations and the tables keep priority 0: they are short and lead to nothing else.
+PREPARE_PRIORITY = 1000
+
+
+def train_priority(wildcards):
+    return 500 + EXP.priority(wildcards.model)
+
+
+def sample_priority(wildcards):
+    return 100 + EXP.priority(EXP.run(wildcards.run)["model"])
+
+
 def device_resources(devices=None, nodes=1):
     """Resources of a job that runs on accelerators: `devices` per node (default: all of
     `devices_per_node`; 1 for single-process commands), and the SLURM executor's MPI path when the

@@ -15,6 +15,7 @@ if DATA["source"] == "toy":
             logfile("make_toy_data", "{split}"),
         benchmark:
             benchfile("make_toy_data", "{split}")
+        priority: PREPARE_PRIORITY
         resources:
             mem_mb=1000,
             runtime=10,
@@ -65,6 +66,7 @@ if EXP.cfg["texture_vae"]["pretrained"] is None:
             logfile("train_tokenizer"),
         benchmark:
             benchfile("train_tokenizer")
+        priority: PREPARE_PRIORITY
         resources:
             mem_mb=2000,
             runtime=60,

@@ -22,6 +22,7 @@ rule extract_latents:
         logfile("extract_latents"),
     benchmark:
         benchfile("extract_latents")
+    priority: PREPARE_PRIORITY
     resources:
         mem_mb=16000,
         runtime=2880,
@@ -47,6 +48,7 @@ rule latent_stats:
         logfile("latent_stats"),
     benchmark:
         benchfile("latent_stats")
+    priority: PREPARE_PRIORITY
     resources:
         mem_mb=8000,
         runtime=120,

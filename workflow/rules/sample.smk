@@ -43,6 +43,7 @@ rule sample:
         logfile("sample", "{run}"),
     benchmark:
         benchfile("sample", "{run}")
+    priority: sample_priority
     resources:
         mem_mb=16000,
         runtime=1440,

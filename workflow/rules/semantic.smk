@@ -17,6 +17,7 @@ if ENCODER:
             logfile("train_semantic_encoder"),
         benchmark:
             benchfile("train_semantic_encoder")
+        priority: PREPARE_PRIORITY
         resources:
             mem_mb=2000,
             runtime=60,
@@ -42,6 +43,7 @@ rule extract_features:
         logfile("extract_features"),
     benchmark:
         benchfile("extract_features")
+    priority: PREPARE_PRIORITY
     resources:
         mem_mb=8000,
         runtime=1440,
@@ -67,6 +69,7 @@ rule train_semvae:
         logfile("train_semvae"),
     benchmark:
         benchfile("train_semvae")
+    priority: PREPARE_PRIORITY
     resources:
         mem_mb=16000,
         runtime=2880,

@@ -24,6 +24,7 @@ rule train:
         logfile("train", "{model}_{step}"),
     benchmark:
         benchfile("train", "{model}_{step}")
+    priority: train_priority
     resources:
         mem_mb=16000,
         runtime=1440,
