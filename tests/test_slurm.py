@@ -54,8 +54,6 @@ def state_dict(path):
 
 
 @pytest.mark.skipif(not slurm_is_up(), reason="no SLURM here (as root: .ci/slurm-up.sh)")
-@pytest.mark.xfail(strict=False, reason="unverified fix: in the last full run the job was signalled before it "
-                   "started (a stale log), so the retry restarted instead of resuming; XPASS shows the fix holds")
 def test_toy_cut_through_sbatch_resumes_after_the_walltime_signal(tmp_path_factory):
     work, _ = toy_workspace(tmp_path_factory, "slurm")
     profile = ci_profile(work.parent / "profile")
