@@ -146,7 +146,7 @@ class ImageSampler:
     vae: torch.nn.Module
     stats: object
     settings: dict  # the `sampling` section
-    guide: dict  # guidance_settings()
+    guide: dict  # guidance_settings() and the model's cfg_interval_mode
     num_samples: int
     num_classes: int
     delta_t: float
@@ -164,7 +164,8 @@ class ImageSampler:
             model, noise, labels, delta_t=self.delta_t, semantic_chans=model.semantic_chans,
             method=s["method"], num_steps=s["num_steps"], atol=s["atol"], rtol=s["rtol"],
             timestep_shift=s["timestep_shift"], cfg_scale=self.guide["cfg_scale"],
-            cfg_interval_start=self.guide["cfg_interval_start"], guide_model=self.weak,
+            cfg_interval_start=self.guide["cfg_interval_start"], cfg_interval_mode=self.guide["cfg_interval_mode"],
+            guide_model=self.weak,
             null_label=self.num_classes, stats=info,
         )
         with torch.no_grad():
@@ -198,6 +199,7 @@ def sample(
     for name in (model_name, guide_model if ag else None):
         if name is not None and name not in cfg.get("models", {}):
             raise ConfigError(f"{source}: models.{name}: no such model (have: {', '.join(cfg.get('models', {}))})")
+    guide["cfg_interval_mode"] = cfg["models"][model_name]["model"]["semfirst_infer_interval_mode"]
     for path in (ckpt, texture_vae, guide_ckpt if ag else None):
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"{path}: no such file")

@@ -72,6 +72,7 @@ def ode_sample(
     timestep_shift: float = 0.0,
     cfg_scale: float = 1.0,
     cfg_interval_start: float = 0.0,
+    cfg_interval_mode: str = "both",
     guide_model=None,
     cfg_scale_tex: float | None = None,
     cfg_scale_sem: float | None = None,
@@ -86,7 +87,9 @@ def ode_sample(
         the model's `y_embedder.num_classes`); v = v_null + s·(v_cond - v_null).
       * AutoGuidance: guide_model is the weak model, given the TRUE labels;
         v = v_weak + s·(v_model - v_weak).
-    A slice whose time (t_tex or t_sem) is below cfg_interval_start gets the unguided v_cond.
+    A slice whose time (t_tex or t_sem) is below cfg_interval_start gets the unguided v_cond;
+    cfg_interval_mode (the model's `semfirst_infer_interval_mode`) says which slices the interval
+    gates: `both`, `tex` (texture only) or `sem` (semantics only).
 
     Models run in eval mode under no_grad (their mode is restored afterwards). If `stats` is
     given it receives `nfe` (drift evaluations) and `forwards` (network calls, the guide included).
@@ -96,7 +99,11 @@ def ode_sample(
     check_schedule(delta_t, semantic_chans, noise.shape[1])
     if labels.shape != noise.shape[:1]:
         raise ValueError(f"labels must have shape [{noise.shape[0]}], got {list(labels.shape)}")
+    if cfg_interval_mode not in ("both", "tex", "sem"):
+        raise ValueError(f"cfg_interval_mode must be both, tex or sem, got {cfg_interval_mode!r}")
     guided = cfg_scale > 1.0
+    start_tex = cfg_interval_start if cfg_interval_mode in ("both", "tex") else 0.0
+    start_sem = cfg_interval_start if cfg_interval_mode in ("both", "sem") else 0.0
     use_cfg = guided and guide_model is None
     scale_tex = cfg_scale if cfg_scale_tex is None else cfg_scale_tex
     scale_sem = cfg_scale if cfg_scale_sem is None else cfg_scale_sem
@@ -125,8 +132,8 @@ def ode_sample(
         t_tex, t_sem = t if isinstance(t, tuple) else (t, t)
         v = torch.cat(
             [
-                guide(v_cond[:, :split], v_ref[:, :split], scale_tex, t_tex, cfg_interval_start),
-                guide(v_cond[:, split:], v_ref[:, split:], scale_sem, t_sem, cfg_interval_start),
+                guide(v_cond[:, :split], v_ref[:, :split], scale_tex, t_tex, start_tex),
+                guide(v_cond[:, split:], v_ref[:, split:], scale_sem, t_sem, start_sem),
             ],
             dim=1,
         )

@@ -387,8 +387,8 @@ def train_step(net, model, ema, opt, batch, *, seed: int, rank: int, step: int, 
         losses = training_losses(
             net, x1, y, delta_t=mcfg["semfirst_delta_t"], semantic_chans=mcfg["semantic_chans"],
             semantic_weight=mcfg["semantic_weight"], use_cosine_loss=tcfg["use_cosine_loss"],
-            repa_target=feats if mcfg["use_repa"] else None, repa_weight=tcfg["repa_weight"],
-            repa_mode=tcfg["repa_mode"], t=t, noise=noise,
+            repa_target=feats if mcfg["use_repa"] else None, repa_weight=mcfg["repa_weight"],
+            repa_mode=mcfg["repa_mode"], t=t, noise=noise,
         )
     opt.zero_grad(set_to_none=True)
     losses["total"].backward()

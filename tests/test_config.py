@@ -17,6 +17,18 @@ def test_official_model_section_is_accepted_as_is(tmp_path):
     model = load_model_section(path)
     assert {k: model[k] for k in OFFICIAL_XL} == OFFICIAL_XL
     assert model["class_dropout_prob"] == 0.1  # default filled in
+    assert (model["repa_weight"], model["repa_mode"], model["semfirst_infer_interval_mode"]) == (1.0, "cos", "both")
+
+
+def test_official_80_epoch_recipe_model_section_is_accepted(tmp_path):
+    """The post-paper recipe writes the REPA loss settings and the guidance-interval mode in `model:`."""
+    recipe = {**OFFICIAL_XL, "repa_weight": 0.5, "repa_mode": "cos_mse", "semfirst_infer_interval_mode": "both"}
+    path = tmp_path / "train_80ep_lr2e-4.yaml"
+    path.write_text(yaml.safe_dump({"model": recipe}))
+    model = load_model_section(path)
+    assert {k: model[k] for k in recipe} == recipe
+    with pytest.raises(ConfigError, match="semfirst_infer_interval_mode"):
+        validate({**recipe, "semfirst_infer_interval_mode": "texture"}, "model", source="mine.yaml")
 
 
 @pytest.mark.parametrize(

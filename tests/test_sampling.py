@@ -190,18 +190,30 @@ def test_cfg_doubles_batch_with_null_label(null_label):
 
 
 @pytest.mark.parametrize("weak_c", [None, 0.5])
-def test_guidance_interval_start_per_branch(weak_c):
+@pytest.mark.parametrize("mode", ["both", "tex", "sem"])
+def test_guidance_interval_start_per_branch(weak_c, mode):
     """start 0.5: semantics guided once t_sem >= 0.5 (tau_i >= 0.5: i = 5..8 of the 9 active steps),
-    texture once t_tex >= 0.5 (tau_i >= 0.8: i = 7..10 of the 8 active steps)."""
+    texture once t_tex >= 0.5 (tau_i >= 0.8: i = 7..10 of the 8 active steps); a branch the mode
+    leaves out is guided at every step."""
     z = noise()
     guide_model = None if weak_c is None else Field(c=weak_c)
     out = ode_sample(Field(c=1.0), z, LABELS, delta_t=0.3, semantic_chans=SEM, method="euler", num_steps=12,
-                     cfg_scale=2.0, cfg_interval_start=0.5, guide_model=guide_model)
+                     cfg_scale=2.0, cfg_interval_start=0.5, cfg_interval_mode=mode, guide_model=guide_model)
     label = (1 + LABELS.float()).view(-1, 1, 1, 1)
     ref = 0.0 if weak_c is None else weak_c
     v_cond, v_guided = label, ref * label + 2.0 * (1 - ref) * label
-    torch.testing.assert_close(out[:, :-SEM], z[:, :-SEM] + H12 * (4 * v_cond + 4 * v_guided), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out[:, -SEM:], z[:, -SEM:] + H12 * (5 * v_cond + 4 * v_guided), rtol=1e-5, atol=1e-5)
+    tex_unguided = 4 if mode in ("both", "tex") else 0
+    sem_unguided = 5 if mode in ("both", "sem") else 0
+    torch.testing.assert_close(out[:, :-SEM], z[:, :-SEM] + H12 * (tex_unguided * v_cond + (8 - tex_unguided) * v_guided),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out[:, -SEM:], z[:, -SEM:] + H12 * (sem_unguided * v_cond + (9 - sem_unguided) * v_guided),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_interval_mode_is_refused():
+    with pytest.raises(ValueError, match="cfg_interval_mode"):
+        ode_sample(Field(c=1.0), noise(), LABELS, delta_t=0.3, semantic_chans=SEM, method="euler", num_steps=4,
+                   cfg_scale=2.0, cfg_interval_mode="texture")
 
 
 def test_timestep_shift_keeps_the_endpoint():
