@@ -43,7 +43,7 @@ def first_mismatch(expected: dict, found: dict) -> str | None:
 
 
 def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source) -> None:
-    """`module.load_state_dict(state)`, raising ValueError('{source}: ... key ...') on any mismatch."""
+    """`module.load_state_dict(state)`, raising CheckpointError naming `source` and the first misfit key."""
     mismatch = first_mismatch(module.state_dict(), state)
     if mismatch is not None:
         raise CheckpointError(f"{source}: architecture mismatch: {mismatch}")
