@@ -146,10 +146,11 @@ class ImageSampler:
     vae: torch.nn.Module
     stats: object
     settings: dict  # the `sampling` section
-    guide: dict  # guidance_settings() and the model's cfg_interval_mode
+    guide: dict  # guidance_settings()
     num_samples: int
     num_classes: int
     delta_t: float
+    interval_mode: str  # the model's semfirst_infer_interval_mode
     multiplier: float
     device: torch.device
 
@@ -164,9 +165,8 @@ class ImageSampler:
             model, noise, labels, delta_t=self.delta_t, semantic_chans=model.semantic_chans,
             method=s["method"], num_steps=s["num_steps"], atol=s["atol"], rtol=s["rtol"],
             timestep_shift=s["timestep_shift"], cfg_scale=self.guide["cfg_scale"],
-            cfg_interval_start=self.guide["cfg_interval_start"], cfg_interval_mode=self.guide["cfg_interval_mode"],
-            guide_model=self.weak,
-            null_label=self.num_classes, stats=info,
+            cfg_interval_start=self.guide["cfg_interval_start"], cfg_interval_mode=self.interval_mode,
+            guide_model=self.weak, null_label=self.num_classes, stats=info,
         )
         with torch.no_grad():
             images = self.vae.decode_to_uint8(denormalize_texture(latents, self.stats, self.multiplier))
@@ -199,7 +199,6 @@ def sample(
     for name in (model_name, guide_model if ag else None):
         if name is not None and name not in cfg.get("models", {}):
             raise ConfigError(f"{source}: models.{name}: no such model (have: {', '.join(cfg.get('models', {}))})")
-    guide["cfg_interval_mode"] = cfg["models"][model_name]["model"]["semfirst_infer_interval_mode"]
     for path in (ckpt, texture_vae, guide_ckpt if ag else None):
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"{path}: no such file")
@@ -235,7 +234,7 @@ def sample(
             weak=load_ema_model(cfg, guide_model, guide_ckpt, num_classes, device, allow_unsafe, source) if ag else None,
             vae=load_texture_vae(texture_vae).to(device).eval(), stats=load_stats(latents), settings=scfg,
             guide=guide, num_samples=n, num_classes=num_classes, delta_t=meta["model"]["semfirst_delta_t"],
-            multiplier=meta["multiplier"], device=device,
+            interval_mode=meta["model"]["semfirst_infer_interval_mode"], multiplier=meta["multiplier"], device=device,
         )
         _make_shards(sampler, out, [(j, *shards[j]) for j in mine], scfg["batch_size"], rank)
     dist.barrier()
