@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from sfd.errors import UserError
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be read, or that does not fit the model it is loaded into."""
 
 

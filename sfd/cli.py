@@ -9,9 +9,10 @@ Each module named below defines `add_arguments(parser)` and `main(args) -> int |
 
 import argparse
 import importlib
+import logging
 import sys
 
-from sfd.config import ConfigError
+from sfd.errors import UserError
 
 # name -> (module, one-line help). Order is pipeline order.
 COMMANDS = {
@@ -50,14 +51,24 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfd", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a user error too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text, add_help=False)
     return parser
 
 
+def setup_logging() -> None:
+    """The one logging setup of every command: time, logger name, message, on stderr."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. A UserError (bad file, key or setting) is one line and exit 2;
+    `sfd --debug COMMAND ...` shows its traceback; any other exception is a bug and keeps its own."""
     argv = sys.argv[1:] if argv is None else argv
+    debug = bool(argv) and argv[0] == "--debug"
+    argv = argv[1:] if debug else argv
     if not argv or argv[0] not in COMMANDS:
         build_parser().parse_args(argv)  # prints usage / help, exits
         return 2
@@ -67,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"sfd {name}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    setup_logging()
     try:
         return int(module.main(args) or 0)
-    except ConfigError as err:
-        print(f"sfd {name}: configuration error: {err}", file=sys.stderr)
+    except UserError as err:
+        if debug:
+            raise
+        print(f"sfd {name}: error: {err}", file=sys.stderr)
         return 2

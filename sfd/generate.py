@@ -318,18 +318,14 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = load_experiment(args.config)
     if args.device:
         cfg["device"] = args.device
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
-    try:
-        return sample(
-            cfg, args.model, args.ckpt, args.latents, args.texture_vae, args.out,
-            guidance=args.guidance, cfg_scale=args.cfg_scale, guide_model=args.guide_model,
-            guide_ckpt=args.guide_ckpt, num_samples=args.num_samples,
-            allow_unsafe=args.allow_unsafe_pickle, source=args.config,
-        )
-    except CheckpointError as err:
-        raise ConfigError(str(err)) from None
+    return sample(
+        cfg, args.model, args.ckpt, args.latents, args.texture_vae, args.out,
+        guidance=args.guidance, cfg_scale=args.cfg_scale, guide_model=args.guide_model,
+        guide_ckpt=args.guide_ckpt, num_samples=args.num_samples,
+        allow_unsafe=args.allow_unsafe_pickle, source=args.config,
+    )

@@ -21,13 +21,14 @@ from urllib.parse import urlparse
 
 from sfd.io import replace_durably
 from sfd.io import sha256 as sha256_of
+from sfd.errors import UserError
 
 log = logging.getLogger(__name__)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class HubError(RuntimeError):
+class HubError(UserError, RuntimeError):
     """A file that could not be fetched from the Hub; the message says why and what to do."""
 
 
@@ -152,7 +153,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from sfd.config import ConfigError, load_experiment
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.key:
         if not args.config:
             raise ConfigError("--key needs --config")

@@ -126,7 +126,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     scfg = load_experiment(args.config)["sampling"]
     pack(args.samples, args.out, seed=scfg["pack_seed"], grid=args.grid,
          rows=scfg["grid_classes"], per_class=scfg["grid_per_class"])

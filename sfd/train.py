@@ -468,7 +468,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = load_experiment(args.config)
     if args.device:
         cfg["device"] = args.device

@@ -65,7 +65,7 @@ def test_bad_sample_batch_is_rejected_naming_the_file(tmp_path, arrays, num, nee
     assert needle in str(err.value)
 
 
-def test_cli_writes_nothing_on_bad_input(tmp_path, caplog):
+def test_cli_writes_nothing_on_bad_input(tmp_path, capsys):
     (tmp_path / "samples.npz").write_bytes(b"not a zip")
     np.savez(tmp_path / "ref.npz", arr_0=images(20))
     out = tmp_path / "metrics.json"
@@ -83,8 +83,8 @@ def test_cli_writes_nothing_on_bad_input(tmp_path, caplog):
             str(tmp_path / "m.csv"),
         ]
     )
-    assert rc == 1
-    assert "samples.npz: not a readable .npz archive" in caplog.text
+    assert rc == 2
+    assert "samples.npz: not a readable .npz archive" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.npz", "samples.npz"]
 
 
@@ -167,7 +167,7 @@ def test_make_reference_takes_the_first_images_and_labels(tmp_path):
                 str(tmp_path / "x.npz"),
             ]
         )
-        == 1
+        == 2
     )
     assert not (tmp_path / "x.npz").exists()
 

@@ -126,7 +126,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from sfd.config import ConfigError, load_experiment
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     data_cfg = load_experiment(args.config)["data"]
     if data_cfg["source"] != "hf":
         raise ConfigError(

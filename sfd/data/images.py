@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from sfd.data import imagenet, toy
+from sfd.errors import UserError
 
 
-class BadImageError(OSError):
+class BadImageError(UserError, OSError):
     """An image file that cannot be decoded (corrupt or truncated); the message names its path."""
 
 

@@ -172,7 +172,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from sfd.config import ConfigError, load_experiment
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     data_cfg = load_experiment(args.config)["data"]
     if data_cfg["source"] != "toy":
         raise ConfigError(f"{args.config}: data.source is {data_cfg['source']!r}; make-toy-data needs 'toy'")

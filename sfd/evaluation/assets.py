@@ -17,13 +17,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from sfd.io import replace_durably, sha256, write_text
+from sfd.errors import UserError
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 
 
-class AssetError(RuntimeError):
+class AssetError(UserError, RuntimeError):
     """An asset that could not be fetched or does not match its recorded hash."""
 
 
@@ -115,7 +116,6 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     from sfd.config import ConfigError, load_experiment
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     assets = load_experiment(args.config)["evaluation"]["assets"]
     names = args.only or list(assets)
     unknown = sorted(set(names) - set(assets))
@@ -123,11 +123,7 @@ def main(args) -> int:
         raise ConfigError(
             f"{args.config}: evaluation.assets has no {', '.join(unknown)} (it has {', '.join(assets)})"
         )
-    try:
-        for name in names:
-            path = fetch(assets[name]["url"], args.out_dir, assets[name]["sha256"])
-            log.info("%s: %s", name, path)
-    except AssetError as err:
-        log.error("%s", err)
-        return 1
+    for name in names:
+        path = fetch(assets[name]["url"], args.out_dir, assets[name]["sha256"])
+        log.info("%s: %s", name, path)
     return 0

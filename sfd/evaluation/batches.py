@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from sfd.evaluation.metrics import GaussianStats, feature_statistics
+from sfd.errors import UserError
 
 IMAGES_KEY = "arr_0"
 STATISTICS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 
 
-class EvalInputError(ValueError):
+class EvalInputError(UserError, ValueError):
     """An input (sample batch, reference batch, detector graph) that cannot be evaluated."""
 
 

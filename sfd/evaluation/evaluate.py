@@ -185,23 +185,18 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     from sfd.config import load_experiment
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = load_experiment(args.config)["evaluation"] if args.config else {}
-    try:
-        result = evaluate(
-            args.samples,
-            args.reference,
-            args.detector,
-            num_samples=args.num_samples or cfg.get("num_samples"),
-            label=args.label or cfg.get("detector"),
-            metric_label=cfg.get("metric_label"),
-            batch_size=cfg.get("batch_size", 64),
-            softmax_batch_size=cfg.get("softmax_batch_size", 512),
-            cache_dir=args.cache_dir,
-        )
-    except EvalInputError as err:
-        log.error("%s", err)
-        return 1
+    result = evaluate(
+        args.samples,
+        args.reference,
+        args.detector,
+        num_samples=args.num_samples or cfg.get("num_samples"),
+        label=args.label or cfg.get("detector"),
+        metric_label=cfg.get("metric_label"),
+        batch_size=cfg.get("batch_size", 64),
+        softmax_batch_size=cfg.get("softmax_batch_size", 512),
+        cache_dir=args.cache_dir,
+    )
     write_json(result, args.output)
     if args.csv:
         write_csv_row(result, args.csv)

@@ -152,14 +152,9 @@ def main(args) -> int:
     from sfd.config import load_experiment
     from sfd.io import atomic_write, sha256, write_json
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = load_experiment(args.config)["evaluation"]["toy_detector"]
-    try:
-        images, labels, num_classes = load_labeled_images(args.data)
-        val_images, val_labels, _ = load_labeled_images(args.val)
-    except EvalInputError as err:
-        log.error("%s", err)
-        return 1
+    images, labels, num_classes = load_labeled_images(args.data)
+    val_images, val_labels, _ = load_labeled_images(args.val)
     log.info(
         "training toy detector on %d images, %d classes, %d steps", len(images), num_classes, cfg["steps"]
     )

@@ -185,7 +185,6 @@ def main(args) -> int:
     from sfd.semantic import load_encoder, load_semvae
     from sfd.tokenizers import load_texture_vae
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = load_experiment(args.config)
     data, lcfg = cfg["data"], cfg["latents"]
     device = dist.init(cfg["device"])

@@ -137,7 +137,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> int:
     from sfd.config import ConfigError, load_experiment
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = load_experiment(args.config)
     if args.released:
         spec = cfg["latents"]["released_stats"]

@@ -28,7 +28,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     exp = load_experiment(args.config)
     t, device = exp["semvae"]["train"], get_device(exp["device"])
     model = load_semvae(args.checkpoint).to(device)

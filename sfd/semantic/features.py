@@ -157,7 +157,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = load_experiment(args.config)
     index = extract(cfg["semantic_encoder"], args.data, args.encoder, args.out, get_device(cfg["device"]),
                     limit=args.limit, batch_size=args.batch_size)

@@ -112,7 +112,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     exp = load_experiment(args.config)
     cfg = exp["semantic_encoder"]
     if cfg["pretrained"]:

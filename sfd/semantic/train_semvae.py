@@ -228,7 +228,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(f"{out.stem}_run")
     train(load_experiment(args.config), args.features, args.eval_features, out, run_dir)

@@ -90,7 +90,6 @@ def main(args) -> int:
     from sfd.data.toy import load_npz
     from sfd.io import write_json
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = load_experiment(args.config)
     section = cfg["texture_vae"]
     images, _, _ = load_npz(args.data)

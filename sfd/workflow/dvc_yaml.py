@@ -97,7 +97,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     text = generate(args.root)
     path = args.root / args.out
     if args.check:

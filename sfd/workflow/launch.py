@@ -107,7 +107,6 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     from sfd.workflow.matrix import load
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.state is not None:
         if args.config is None:
             raise ConfigError("sfd launch: --state needs --config and --keys")

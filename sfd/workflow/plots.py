@@ -93,7 +93,6 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     from sfd.config import ConfigError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     exp = load(args.config)
     kind = exp.table(args.table)["plot"]
     if kind == "none":

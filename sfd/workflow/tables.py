@@ -139,7 +139,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     exp = load(args.config)
     header, rows = build_table(exp, args.table, read_metrics(args.metrics))
     write_text(to_csv(header, rows), args.out)
