@@ -33,13 +33,18 @@ from tqdm import tqdm
 
 from sfd import distributed as dist
 from sfd.checkpoint import CheckpointError
-from sfd.config import ConfigError, load_experiment
+from sfd.config import ConfigError
 from sfd.io import atomic_path, sha256, write_json
 from sfd.latents import denormalize_texture, load_stats
+from sfd.reads import view
 from sfd.sampling import ode_sample
 from sfd.tokenizers import load_texture_vae
 
 log = logging.getLogger("sfd.generate")
+
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('data.num_classes', 'latents.multiplier', 'models.{model}.model', 'models.{guide}.model', 'sampling.method', 'sampling.num_steps', 'sampling.atol', 'sampling.rtol', 'sampling.timestep_shift', 'sampling.batch_size', 'sampling.shard_size', 'sampling.seed', 'sampling.cfg_interval_start', 'sampling.num_samples', 'sampling.guidance', 'sampling.cfg_scale')
+ALSO_READS = ('device',)
 
 INDEX_VERSION = 1
 
@@ -318,9 +323,9 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    cfg = load_experiment(args.config)
+    cfg = view(args.config, __name__, model=args.model, guide=args.guide_model)
     if args.device:
-        cfg["device"] = args.device
+        cfg = cfg.replace("device", args.device)
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
     return sample(

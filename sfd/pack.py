@@ -21,10 +21,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sfd.config import ConfigError, load_experiment
+from sfd.config import ConfigError
 from sfd.io import atomic_path
+from sfd.reads import view
 
 log = logging.getLogger("sfd.pack")
+
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('sampling.pack_seed', 'sampling.grid_classes', 'sampling.grid_per_class')
 
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _CHUNK = 1024
@@ -126,7 +130,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    scfg = load_experiment(args.config)["sampling"]
+    scfg = view(args.config, __name__)["sampling"]
     pack(args.samples, args.out, seed=scfg["pack_seed"], grid=args.grid,
          rows=scfg["grid_classes"], per_class=scfg["grid_per_class"])
     print(f"wrote {args.out}" + (f" and {args.grid}" if args.grid else ""))

@@ -24,6 +24,9 @@ from sfd.io import atomic_write, sha256, write_json
 
 log = logging.getLogger(__name__)
 
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('evaluation.num_samples', 'evaluation.detector', 'evaluation.metric_label', 'evaluation.batch_size', 'evaluation.softmax_batch_size')
+
 DEFAULT_CACHE_DIR = ".cache/sfd-eval"
 SCALAR_FIELDS = tuple(  # the CSV row
     "metric_label fid sfid inception_score precision recall num_samples num_reference detector_kind "
@@ -183,9 +186,9 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from sfd.config import load_experiment
+    from sfd.reads import view
 
-    cfg = load_experiment(args.config)["evaluation"] if args.config else {}
+    cfg = view(args.config, __name__)["evaluation"] if args.config else {}
     result = evaluate(
         args.samples,
         args.reference,

@@ -24,6 +24,9 @@ from sfd.latents.store import SEMANTIC, TEXTURE, read_index
 
 log = logging.getLogger(__name__)
 
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('seed', 'latents.stats_samples', 'latents.released_stats')
+
 FILES = {TEXTURE: "latents_stats.pt", SEMANTIC: "latents_sv_stats.pt"}
 
 
@@ -135,9 +138,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from sfd.config import ConfigError, load_experiment
+    from sfd.config import ConfigError
+    from sfd.reads import view
 
-    cfg = load_experiment(args.config)
+    cfg = view(args.config, __name__)
     if args.released:
         spec = cfg["latents"]["released_stats"]
         if spec is None:

@@ -30,13 +30,18 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
-from sfd.config import ConfigError, load_experiment
+from sfd.config import ConfigError
 from sfd.device import autocast, get_device
 from sfd.io import torch_save, write_json
+from sfd.reads import view
 from sfd.semantic.features import FeatureShards
 from sfd.semantic.semvae import SemanticVAE, SemVAEArch
 
 log = logging.getLogger(__name__)
+
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('seed', 'semvae')
+ALSO_READS = ('device',)
 
 LOSS_MOMENTUM = 0.99  # official LossTracker: exponential moving averages of the step losses
 
@@ -230,5 +235,5 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     out = Path(args.out)
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(f"{out.stem}_run")
-    train(load_experiment(args.config), args.features, args.eval_features, out, run_dir)
+    train(view(args.config, __name__), args.features, args.eval_features, out, run_dir)
     return 0

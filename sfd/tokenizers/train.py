@@ -21,6 +21,9 @@ from sfd.tokenizers.texture_vae import AEArch, TextureVAE, kl_divergence, save_t
 
 log = logging.getLogger(__name__)
 
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('seed', 'texture_vae.arch', 'texture_vae.train')
+
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
@@ -86,11 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from sfd.config import load_experiment
     from sfd.data.toy import load_npz
     from sfd.io import write_json
+    from sfd.reads import view
 
-    cfg = load_experiment(args.config)
+    cfg = view(args.config, __name__)
     section = cfg["texture_vae"]
     images, _, _ = load_npz(args.data)
     log.info("training texture VAE %s on %d images from %s", section["arch"], len(images), args.data)
