@@ -27,7 +27,7 @@ if ENCODER:
 
 
 rule extract_features:
-    """Encoder patch tokens of the training images: the Semantic VAE's training set (spec §1.2)."""
+    """Encoder patch tokens of the training images: the Semantic VAE's training set (docs/method.md §1.2)."""
     input:
         data=data_path("train"),
         **encoder_input(),
