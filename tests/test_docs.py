@@ -81,3 +81,36 @@ assert not loaded, f"sfd make-reference imported {{loaded}}"
 """
     subprocess.run([sys.executable, "-c", code], check=True)
     assert (tmp_path / "ref.npz").is_file()
+
+
+CITING = ["sfd", "tests", "workflow", "config", "benchmarks", "docs", "Snakefile", "README.md"]
+
+
+def citing_files():
+    for entry in CITING:
+        path = ROOT / entry
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        keep = {"", ".py", ".smk", ".yaml", ".md"}
+        yield from (p for p in files if p.suffix in keep and p.name != "method.md" and p != Path(__file__))
+
+
+def test_method_citations_resolve_to_sections_of_docs_method():
+    method = read("docs/method.md")
+    sections = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)[. ]", method, re.M))
+    pitfalls = method[method.index("## 7. Pitfalls") :]
+    sections |= {f"7.{n}" for n in re.findall(r"^(\d+)\. \*\*", pitfalls, re.M)}
+    equations = set(re.findall(r"\(eq\. (\d+\.\d+)\)", method))
+    cited, unresolved = 0, []
+    for path in citing_files():
+        for cite in re.findall(r"docs/method\.md((?:,? ?(?:§|eq\. )[\d.–-]+)+)", path.read_text()):
+            for kind, number in re.findall(r"(§|eq\. )(\d+(?:\.\d+)?)", cite):
+                cited += 1
+                if number not in (sections if kind == "§" else equations):
+                    unresolved.append(f"{path.relative_to(ROOT)}: docs/method.md {kind}{number}")
+    assert cited > 50 and not unresolved, (cited, unresolved)
+
+
+def test_no_comment_cites_a_document_outside_the_repository():
+    stale = re.compile(r"\b[Ss]pec §|\bpitfalls? \d|sfd-method\.md|shared/spec")
+    hits = [str(p.relative_to(ROOT)) for p in citing_files() if stale.search(p.read_text())]
+    assert not hits, f"cite docs/method.md or the paper instead: {hits}"
