@@ -1,8 +1,8 @@
-"""`sfd sample`: the N-sample evaluation set of one (model, checkpoint, guidance) (spec §4.4).
+"""`sfd sample`: the N-sample evaluation set of one (model, checkpoint, guidance) (docs/method.md §4.4).
 
 Every sample is a pure function of its global index g, so the output does not depend on how many
 devices made it (the official inference.py seeds by rank and sizes batches by world size,
-pitfalls 7 and 11):
+docs/method.md §7.7, §7.11):
   * label(g) = floor(g · num_classes / N): balanced, N / num_classes per class when divisible, in
     class order (the official g // 50 for N = 50,000);
   * noise(g) = randn from a CPU generator seeded by (seed, g), then moved to the device, so CUDA, NPU

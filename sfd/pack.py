@@ -1,8 +1,8 @@
-"""`sfd pack`: sample shards -> the ADM evaluator's npz, plus a sample grid PNG (spec §4.4).
+"""`sfd pack`: sample shards -> the ADM evaluator's npz, plus a sample grid PNG (docs/method.md §4.4).
 
 The npz holds `arr_0` uint8 [N, H, W, 3] and the labels as `arr_1`, in a seeded class-mixing
 permutation: the ADM Inception Score averages over consecutive splits of 5,000 images, so
-class-sorted files would score differently (pitfall 17). The permutation is
+class-sorted files would score differently (docs/method.md §7.17). The permutation is
 `numpy.random.Generator(PCG64(pack_seed)).permutation(N)` of the index-ordered set, so unlike the
 official `os.walk` + `random.shuffle(42)` it does not depend on the filesystem. Entries are stored
 uncompressed with a fixed zip timestamp, so the same samples give the same bytes (and sha256).

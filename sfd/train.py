@@ -1,10 +1,10 @@
-"""`sfd train`: the SFD DiT training loop (spec §3.5), one loop for every model size.
+"""`sfd train`: the SFD DiT training loop (docs/method.md §3.5), one loop for every model size.
 
 Launched the same way everywhere: `sfd train ...` is a world of 1, `torchrun --nproc-per-node=G
 [--nnodes=N ...] -m sfd train ...` is DDP over all ranks (NCCL / HCCL / gloo by device). The global
 batch is split evenly across ranks.
 
-Reproducibility is engineered, not hoped for (the official train.py seeds nothing, pitfall 13):
+Reproducibility is engineered, not hoped for (the official train.py seeds nothing, docs/method.md §7.13):
   * step s sees global batch s of an endless stream of per-epoch permutations seeded by
     (seed, epoch), so the data position is a pure function of the step;
   * every step reseeds from (seed, rank, step): one generator draws the noise and t, torch's global

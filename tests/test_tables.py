@@ -36,7 +36,7 @@ def test_paper_tables_are_complete_and_tagged():
             assert row["kind"] in ("sfd", "quoted"), (name, row_id)
             if row["kind"] == "quoted":
                 assert row["quoted_from"], (name, row_id)
-    # spot checks against spec §6
+    # spot checks against docs/method.md §6
     assert paper["table1"]["rows"]["sfd_xl_400k"]["fid"] == 3.53
     assert paper["table1"]["rows"]["sfd_xl_70k"]["fid"] == 8.79
     sfd_xxl = paper["table2"]["rows"]["sfd_xxl_800ep"]

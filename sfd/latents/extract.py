@@ -1,4 +1,4 @@
-"""Encode a dataset into composite-latent shards (`sfd extract-latents`, spec §1.4).
+"""Encode a dataset into composite-latent shards (`sfd extract-latents`, docs/method.md §1.4).
 
 For every image, the un-flipped and the horizontally flipped copy (the flipped latent comes
 from encoding the flipped IMAGE, never from flipping a latent) go through

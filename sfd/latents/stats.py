@@ -1,4 +1,4 @@
-"""Per-channel latent statistics and the normalisation they define (spec §1.3, pitfalls 6 and 20).
+"""Per-channel latent statistics and the normalisation they define (docs/method.md §1.3, §7.6, §7.20).
 
 `latents_stats.pt` (texture, from key `latents`) and `latents_sv_stats.pt` (semantic, from
 `latents_sv`) each hold {'mean', 'std'} of shape [1, C, 1, 1]: mean over (N, H, W) and torch's

@@ -1,6 +1,6 @@
 """`sfd extract-features`: encoder patch tokens of raw images, the Semantic VAE training data.
 
-Preprocessing is the SemVAE-training path of `sfd.semantic.encoder` (pitfall 9): Resize of the RAW
+Preprocessing is the SemVAE-training path of `sfd.semantic.encoder` (docs/method.md §7.9): Resize of the RAW
 image's short side to `feature_resize` (PIL bicubic), CenterCrop(img_size), ImageNet mean/std. It
 differs on purpose from latent extraction (ADM crop to 256, then bicubic resize of the tensor).
 

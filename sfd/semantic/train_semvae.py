@@ -1,10 +1,10 @@
-"""`sfd train-semvae`: train the Semantic VAE on extracted encoder features (spec §1.2).
+"""`sfd train-semvae`: train the Semantic VAE on extracted encoder features (docs/method.md §1.2).
 
 The official recipe (tokenizer/semvae/train.py and configs/semvae_train/ch16.yaml):
 loss = mse_w * MSE + l1_w * L1 + cos_w * cos_loss + kl_w * KL, where MSE/L1 are means over all
 elements, KL is the per-sample sum averaged over the batch, and
 cos_loss = 1 - F.cosine_similarity(recon, feat).mean() with the DEFAULT dim=1: on [B, L, D] that
-is the cosine along the token axis per feature channel, not per token (pitfall 8, kept as is).
+is the cosine along the token axis per feature channel, not per token (docs/method.md §7.8, kept as is).
 AdamW (torch defaults but lr, so weight_decay 0.01); SequentialLR of linear warm-up 0.01*lr -> lr,
 constant, cosine to min_lr_factor*lr; bf16 autocast around the forward (Accelerate's
 mixed_precision), losses in float32. Each epoch visits the training items in a fresh shuffled

@@ -82,7 +82,7 @@ else:
         fetch_tokenizer,
 
     rule fetch_tokenizer:
-        """The released SD-VAE f16d32 texture autoencoder (spec §1.1).
+        """The released SD-VAE f16d32 texture autoencoder (docs/method.md §1.1).
         `sfd fetch-weights` (sfd/hub.py)."""
         output:
             TEXTURE_VAE,

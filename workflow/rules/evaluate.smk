@@ -1,4 +1,4 @@
-# The ADM-equivalent evaluator (spec §5): ADM's Inception assets downloaded (paper), or a
+# The ADM-equivalent evaluator (docs/method.md §5): ADM's Inception assets downloaded (paper), or a
 # detector with the same tensor names trained on the toy classes (toy); then metrics per run.
 
 if EVAL["detector"] == "inception":

@@ -1,4 +1,4 @@
-# The composite latent dataset (texture channels first, semantic last; spec §1.3-1.4) and the
+# The composite latent dataset (texture channels first, semantic last; docs/method.md §1.3-1.4) and the
 # per-channel statistics that normalise it.
 
 
@@ -64,7 +64,7 @@ if EXP.released_weights:
         fetch_released_stats,
 
     rule fetch_released_stats:
-        """The statistics the released checkpoints were trained with (spec §1.3: use them).
+        """The statistics the released checkpoints were trained with (docs/method.md §1.3: use them).
         `sfd latent-stats` (sfd/latents/stats.py)."""
         output:
             RELEASED_STATS,

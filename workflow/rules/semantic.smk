@@ -28,7 +28,7 @@ if ENCODER:
 
 
 rule extract_features:
-    """Encoder patch tokens of the training images: the Semantic VAE's training set (spec §1.2).
+    """Encoder patch tokens of the training images: the Semantic VAE's training set (docs/method.md §1.2).
     `sfd extract-features` (sfd/semantic/features.py)."""
     input:
         data=data_path("train"),
