@@ -166,6 +166,25 @@ def restrict(cfg: dict, module: str, source: str, **names) -> ConfigView:
     return ConfigView(cfg, resolve(reads + also, cfg, names), command_name(module), source)
 
 
+def markdown_table() -> str:
+    """Every command's declaration as a Markdown table (the generated section of docs/workflow.md)."""
+    from sfd.cli import COMMANDS
+
+    def cell(keys) -> str:
+        return ", ".join(f"`{k}`" for k in keys) or "-"
+
+    rows = ["| command | READS (rerun its jobs) | ALSO_READS (never rerun) |", "|---|---|---|"]
+    for name, (module, _) in COMMANDS.items():
+        keys, also = declared(module)
+        if keys or also:
+            rows.append(f"| `sfd {name}` | {cell(keys)} | {cell(also)} |")
+    return "\n".join(rows) + "\n"
+
+
 def view(path, module: str, **names) -> ConfigView:
     """The experiment file at `path`, schema-validated, restricted to what `module` declares."""
     return restrict(load_experiment(path), module, str(path), **names)
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -93,3 +93,9 @@ def test_rule_params_are_the_command_declaration(experiment):
         names = dict(job.wildcards_dict, **dict(re.findall(r"--(key) (\S+)", job.shellcmd)))
         assert list(job.params.cfg) == exp.reads(command, **names), job
         assert job.params.cfg_keys.split() == list(job.params.cfg)
+
+
+def test_docs_list_the_current_declarations():
+    text = (ROOT / "docs" / "workflow.md").read_text()
+    section = text.split("<!-- reads:begin -->\n", 1)[1].split("<!-- reads:end -->", 1)[0]
+    assert section == reads.markdown_table(), "docs/workflow.md is stale: paste `python -m sfd.reads` there"

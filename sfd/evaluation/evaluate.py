@@ -167,7 +167,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--detector", default="classify_image_graph_def.pb", help="detector GraphDef (default: %(default)s)"
     )
-    parser.add_argument("--output", required=True, help="metrics JSON to write")
+    parser.add_argument("--out", required=True, help="metrics JSON to write")
     parser.add_argument("--csv", help="also write the metrics as a one-row CSV")
     parser.add_argument(
         "--num-samples",
@@ -200,7 +200,7 @@ def main(args) -> int:
         softmax_batch_size=cfg.get("softmax_batch_size", 512),
         cache_dir=args.cache_dir,
     )
-    write_json(result, args.output)
+    write_json(result, args.out)
     if args.csv:
         write_csv_row(result, args.csv)
     print(summary(result))

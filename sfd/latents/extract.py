@@ -30,8 +30,8 @@ from sfd.latents.store import FEATS, FORMAT, SEMANTIC, TEXTURE, shard_metadata, 
 log = logging.getLogger(__name__)
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('seed', 'device', 'data.image_size', 'data.num_classes', 'texture_vae.arch', 'semantic_encoder.pretrained', 'semantic_encoder.timm_model', 'semantic_encoder.img_size', 'semantic_encoder.timm_kwargs', 'latents.shard_size', 'latents.batch_size', 'latents.flip', 'latents.on_bad_image')
-ALSO_READS = ('latents.num_workers',)
+READS = ('seed', 'data.image_size', 'data.num_classes', 'texture_vae.arch', 'semantic_encoder.pretrained', 'semantic_encoder.timm_model', 'semantic_encoder.img_size', 'semantic_encoder.timm_kwargs', 'latents.shard_size', 'latents.batch_size', 'latents.flip', 'latents.on_bad_image')
+ALSO_READS = ('device', 'latents.num_workers')
 
 
 class _Views(torch.utils.data.Dataset):

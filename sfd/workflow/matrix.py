@@ -6,6 +6,7 @@ and `sfd dvc-yaml` converts the resulting DAG, so the matrix is defined once. Ev
 plain data derived from the validated experiment file; nothing touches the disk except `load`.
 """
 
+import json
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -50,7 +51,7 @@ class Experiment:
         Snakemake stores it as the job's `params` (its rerun trigger sees exactly these values
         change) and `sfd dvc-yaml` turns the keys into the stage's DVC `params:` list.
         """
-        return {key: reads.get(self.cfg, key, self.path) for key in keys}
+        return {key: _canonical(reads.get(self.cfg, key, self.path)) for key in keys}
 
     def reads(self, command: str, **names) -> list[str]:
         """The keys a job of `sfd <command>` depends on: its declared READS (sfd/reads.py), with
@@ -132,6 +133,12 @@ class Experiment:
             if run["guidance"]["kind"] == "autoguidance":
                 pairs.append((run["guidance"]["model"], run["guidance"]["step"]))
         return list(dict.fromkeys(pairs))
+
+
+def _canonical(value):
+    """`value` with mapping keys sorted: Snakemake compares params by their text, and reordering
+    keys in the YAML file must not rerun anything."""
+    return json.loads(json.dumps(value, sort_keys=True))
 
 
 def _known(mapping) -> str:

@@ -98,4 +98,4 @@ rule evaluate:
         runtime=240,
     shell:
         "sfd evaluate {input.samples} --config {params.experiment} --reference {input.reference}"
-        " --detector {input.detector} --cache-dir {params.cache} --output {output} > {log} 2>&1"
+        " --detector {input.detector} --cache-dir {params.cache} --out {output} > {log} 2>&1"
