@@ -21,7 +21,14 @@ import yaml
 from sfd import cli
 from sfd.config import validate
 from sfd.evaluation import EVALUATOR_VERSION, assets
-from sfd.evaluation.batches import EvalInputError, iter_images, open_image_batch, require_finite, statistics
+from sfd.evaluation.batches import (
+    EvalInputError,
+    iter_images,
+    open_image_batch,
+    read_labels,
+    require_finite,
+    statistics,
+)
 from sfd.evaluation.evaluate import evaluate, resolve_metric_label
 from sfd.evaluation.metrics import feature_statistics, frechet_distance, inception_score
 from sfd.io import sha256
@@ -537,7 +544,12 @@ from sfd.evaluation.tf_ops import adm_distance_block
 report["pr_tf"] = list(precision_recall(feats["r_pool"], feats["s_pool"], distance_fn=adm_distance_block()))
 report["pr_adm"] = AdmManifold().precision_recall(feats["r_pool"], feats["s_pool"])
 report["toy_kind"], report["toy_info"] = det.kind, det.info
+report["predicted"] = det.predicted_classes(feats["s_pool"]).tolist()
 det.close()
+with tf.compat.v1.Session(graph=tf.Graph()) as s:  # the exported graph's own softmax: bias included
+    tf.compat.v1.import_graph_def(inception.read_graph_def(det_path), name="")
+    with np.load(samples_path) as f:
+        report["graph_predicted"] = np.argmax(s.run("softmax:0", {"ExpandDims:0": f["arr_0"][:120]}), 1).tolist()
 
 import logging
 from sfd.evaluation.evaluate import evaluate
@@ -553,6 +565,12 @@ try:
     evaluate(samples_path, ref_path, det_path, label="inception", cache_dir=cache_dir)
 except EvalInputError as err:
     report["label_error"] = str(err)
+with np.load(samples_path) as f:
+    np.savez(out + ".unlabelled.npz", arr_0=f["arr_0"])
+try:
+    evaluate(out + ".unlabelled.npz", ref_path, det_path, cache_dir=cache_dir)
+except EvalInputError as err:
+    report["unlabelled_error"] = str(err)
 json.dump(report, open(out, "w"))
 """
 
@@ -614,7 +632,9 @@ def toy_run(tmp_path_factory):
         == 0
     )
     with np.load(d / "train.npz") as t:
-        np.savez(d / "samples.npz", arr_0=t["images"][:150])
+        labels = t["labels"][:150].copy()
+        labels[:30] = (labels[:30] + 1) % 3  # a fifth of the samples drawn against their label
+        np.savez(d / "samples.npz", arr_0=t["images"][:150], arr_1=labels)
     first = run_sfd(
         "evaluate",
         "samples.npz",
@@ -700,6 +720,31 @@ def test_evaluate_outputs(toy_run):
     assert header.startswith("metric_label,fid,sfid,inception_score,precision,recall")
     assert row.split(",")[1] == repr(m["fid"])
     assert toy_run.first.stdout.strip().startswith(f"toy-FID: FID {m['fid']:.4f}")
+
+
+@needs_tf
+def test_class_accuracy_is_the_toy_detectors_decision_against_arr_1(toy_run):
+    m = json.loads((toy_run.dir / "m.json").read_text())
+    with np.load(toy_run.dir / "samples.npz") as f:
+        labels = f["arr_1"][:120]
+    predicted = np.array(toy_run.report["predicted"])
+    assert predicted.tolist() == toy_run.report["graph_predicted"]
+    assert m["class_acc"] == float(np.mean(predicted == labels))
+    assert 0.6 < m["class_acc"] <= 0.75  # 30 of the 120 labels are wrong; the detector is right on the rest
+    header, row = (toy_run.dir / "m.csv").read_text().splitlines()
+    assert row.split(",")[header.split(",").index("class_acc")] == repr(m["class_acc"])
+    assert f"class acc {m['class_acc']:.4f}" in toy_run.first.stdout
+    assert toy_run.report["unlabelled_error"].endswith("(`sfd pack` writes them)")
+
+
+def test_labels_are_checked_against_the_detector_classes(tmp_path):
+    np.savez(tmp_path / "s.npz", arr_0=images(4), arr_1=np.array([0, 1, 2, 3]))
+    batch = open_image_batch(tmp_path / "s.npz")
+    assert read_labels(batch, 3, 3).tolist() == [0, 1, 2]
+    with pytest.raises(EvalInputError, match=r"s.npz: arr_1 labels must lie in \[0, 3\)"):
+        read_labels(batch, 4, 3)
+    with pytest.raises(EvalInputError, match="5 or more integer labels"):
+        read_labels(batch, 5, 10)
 
 
 @needs_tf

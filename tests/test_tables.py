@@ -19,6 +19,7 @@ def write_metrics(tmp_path, runs, detector="toy", base=10.0):
     for i, run in enumerate(runs):
         metrics = {"fid": base + i, "sfid": 2 * base + i, "inception_score": 5.0 + i, "precision": 0.5,
                    "recall": 0.25, "num_samples": 100, "detector_kind": detector,
+                   "class_acc": 0.5 + i / 10 if detector == "toy" else None,
                    "metric_label": "toy-FID" if detector == "toy" else "FID-50K"}
         path = tmp_path / "metrics" / f"{run}.json"
         path.parent.mkdir(exist_ok=True)
@@ -52,10 +53,12 @@ def test_toy_table_labels_measured_columns_toy_and_mirrors_without_differences(t
     metrics = table.read_metrics(write_metrics(tmp_path, ["big_20", "big_40_ag"]))
     header, rows = table.build_table(exp, "table_fid", metrics)
     assert "toy_fid" in header and "ours_fid" not in header
+    assert header[header.index("toy_fid") + 1] == "toy_class_acc" and "paper_class_acc" not in header
     assert not any(h.startswith("diff_") for h in header)
     assert [r["kind"] for r in rows] == ["measured", "measured"]  # no quoted literature in a toy table
     first = rows[0]
     assert first["run"] == "big_20" and first["toy_fid"] == 10.0 and first["step"] == 20
+    assert (first["toy_class_acc"], rows[1]["toy_class_acc"]) == (0.5, 0.6)
     assert first["paper_row"] == "readme.xl_80ep" and first["paper_fid"] == 3.43 and first["paper_fid_gpu"] == 3.50
     assert "not comparable" in first["provenance"]
     assert rows[1]["guidance"] == "autoguidance" and rows[1]["guidance_model"] == "small"
@@ -70,6 +73,7 @@ def test_inception_table_has_differences_and_quoted_literature(tmp_path):
     metrics = table.read_metrics(write_metrics(tmp_path, ["big_40"], detector="inception", base=3.0))
     header, rows = table.build_table(exp, "t1", metrics)
     assert "ours_fid" in header and "diff_fid" in header and "sfid" not in " ".join(header)
+    assert "class_acc" not in " ".join(header)  # the Inception detector is not our classes' judge
     measured = rows[0]
     assert measured["diff_fid"] == pytest.approx(3.0 - 2.54)
     others = rows[1:]
@@ -89,6 +93,10 @@ def test_missing_or_mixed_metrics_are_errors(tmp_path):
                                 write_metrics(tmp_path / "metrics", ["big_40_ag"], detector="inception"))
     with pytest.raises(ConfigError, match="different detectors"):
         table.build_table(exp, "table_fid", mixed)
+    old = table.read_metrics(write_metrics(tmp_path, ["big_20", "big_40_ag"]))
+    del old["big_40_ag"]["class_acc"]  # evaluated before the class accuracy existed
+    with pytest.raises(ConfigError, match=r"runs \['big_40_ag'\] lack one of \['fid', 'class_acc'"):
+        table.build_table(exp, "table_fid", old)
     bad = tmp_path / "broken.json"
     bad.write_text("{\"fid\": 1")
     with pytest.raises(ConfigError, match="broken.json: not a readable metrics JSON"):

@@ -46,6 +46,7 @@ def test_toy_experiment_end_to_end(toy):
         for r in measured:
             for metric in table["metrics"]:
                 assert math.isfinite(float(r[f"toy_{metric}"])), (name, r["run"], metric)
+            assert 0 <= float(r["toy_class_acc"]) <= 1, (name, r["run"])
             assert "ours_fid" not in r and r["metric_label"].startswith("toy-")
         if table["plot"] != "none":
             assert (work / "results" / f"{name}.png").stat().st_size > 5000

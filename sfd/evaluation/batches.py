@@ -17,6 +17,7 @@ from sfd.evaluation.metrics import GaussianStats, feature_statistics
 from sfd.errors import UserError
 
 IMAGES_KEY = "arr_0"
+LABELS_KEY = "arr_1"  # the conditioning class of each image, as `sfd pack` writes it
 STATISTICS_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 
 
@@ -102,6 +103,27 @@ def iter_images(batch: ImageBatch, batch_size: int, count: int | None = None) ->
             if len(data) != n * image_bytes:
                 raise EvalInputError(f"{batch.path}: {IMAGES_KEY} is truncated at image {start}")
             yield np.frombuffer(data, np.uint8).reshape(n, *batch.image_shape)
+
+
+def read_labels(batch: ImageBatch, count: int, num_classes: int) -> np.ndarray:
+    """The conditioning labels of the first `count` images, checked against the detector's classes."""
+    if LABELS_KEY not in batch.keys:
+        raise EvalInputError(
+            f"{batch.path}: no {LABELS_KEY!r} labels; the toy detector's class accuracy needs the "
+            "conditioning labels (`sfd pack` writes them)"
+        )
+    with np.load(batch.path) as data:
+        labels = data[LABELS_KEY]
+    if labels.ndim != 1 or len(labels) < count or not np.issubdtype(labels.dtype, np.integer):
+        raise EvalInputError(
+            f"{batch.path}: {LABELS_KEY} must be {count} or more integer labels, got {labels.dtype} {labels.shape}"
+        )
+    labels = labels[:count].astype(np.int64)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise EvalInputError(
+            f"{batch.path}: {LABELS_KEY} labels must lie in [0, {num_classes}), the detector's classes"
+        )
+    return labels
 
 
 def read_statistics(batch: ImageBatch) -> tuple[GaussianStats, GaussianStats]:

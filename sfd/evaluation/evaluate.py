@@ -1,5 +1,8 @@
 """`sfd evaluate`: FID, sFID, Inception Score, precision and recall of a sample batch, ADM-style.
 
+With the toy detector it also reports `class_acc`, the fraction of samples the detector assigns to
+their conditioning label (`arr_1`): does a class-conditional toy model draw the class it was asked for?
+
 Both npz files and the detector are checked before TensorFlow is even imported, and the metrics
 file is written atomically at the very end, so a failed evaluation leaves no output behind.
 Precision/recall distances run through ADM's own TensorFlow graph (`tf_ops`), so their fp16
@@ -10,8 +13,17 @@ import csv
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from sfd.evaluation import EVALUATOR_VERSION
-from sfd.evaluation.batches import EvalInputError, iter_images, open_image_batch, require_finite, statistics
+from sfd.evaluation.batches import (
+    EvalInputError,
+    iter_images,
+    open_image_batch,
+    read_labels,
+    require_finite,
+    statistics,
+)
 from sfd.evaluation.metrics import (
     IS_SPLIT_SIZE,
     PR_NEIGHBOURHOOD,
@@ -29,8 +41,8 @@ READS = ('evaluation.num_samples', 'evaluation.detector', 'evaluation.metric_lab
 
 DEFAULT_CACHE_DIR = ".cache/sfd-eval"
 SCALAR_FIELDS = tuple(  # the CSV row
-    "metric_label fid sfid inception_score precision recall num_samples num_reference detector_kind "
-    "samples_sha256 reference_sha256 detector_sha256 evaluator_version".split()
+    "metric_label fid sfid inception_score precision recall class_acc num_samples num_reference "
+    "detector_kind samples_sha256 reference_sha256 detector_sha256 evaluator_version".split()
 )
 
 
@@ -107,6 +119,10 @@ def evaluate(
             )
         stats, stats_spatial, source = statistics(samples, pool, spatial, detector.kind)
         probs = detector.class_probs(pool)
+        class_acc = None
+        if detector.kind == "toy":
+            labels = read_labels(samples, count, detector.num_classes)
+            class_acc = float(np.mean(detector.predicted_classes(pool) == labels))
     finally:
         detector.close()
 
@@ -120,6 +136,7 @@ def evaluate(
     }
     if detector.kind == "toy":
         notes["detector"] = "toy detector trained on the toy classes: not comparable to Inception FID-50K"
+        notes["class_acc"] = "fraction of samples whose argmax(pool @ W + b) of the toy detector is arr_1"
     return {
         "metric_label": metric_label,
         "fid": frechet_distance(stats, ref.stats),
@@ -127,6 +144,7 @@ def evaluate(
         "inception_score": inception_score(probs),
         "precision": precision,
         "recall": recall,
+        "class_acc": class_acc,
         "num_samples": count,
         "num_reference": reference.count,
         "detector_kind": detector.kind,
@@ -147,7 +165,9 @@ def summary(result: dict) -> str:
     return (
         f"{result['metric_label']}: FID {result['fid']:.4f}  sFID {result['sfid']:.4f}  "
         f"IS {result['inception_score']:.3f}  precision {result['precision']:.4f}  "
-        f"recall {result['recall']:.4f}  ({result['num_samples']} samples of {result['samples']}, "
+        f"recall {result['recall']:.4f}  "
+        + (f"class acc {result['class_acc']:.4f}  " if result["class_acc"] is not None else "")
+        + f"({result['num_samples']} samples of {result['samples']}, "
         f"{result['num_reference']} reference images)"
     )
 

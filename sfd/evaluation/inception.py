@@ -5,7 +5,8 @@ detector, which exports the same tensor names. The images enter at `ExpandDims:0
 [0, 255]; the graph itself resizes (TF1 bilinear, no half-pixel centres) and normalises. Outputs:
 `pool_3:0` -> [N, P]; `mixed_6/conv:0`[..., :7] flattened in (h, w, c) order -> sFID features;
 class probabilities = softmax(pool @ W) with W the weight input of `softmax/logits/MatMul` and no
-bias (docs/method.md §5.1).
+bias (docs/method.md §5.1). The toy detector also predicts classes with its own head,
+argmax(pool @ W + b), for the class accuracy of samples.
 """
 
 import json
@@ -26,6 +27,7 @@ INPUT_TENSOR = "ExpandDims:0"
 POOL_TENSOR = "pool_3:0"
 SPATIAL_TENSOR = "mixed_6/conv:0"
 LOGITS_MATMUL_OP = "softmax/logits/MatMul"
+LOGITS_OP = "softmax/logits"  # the toy detector's BiasAdd after the MatMul: its classifier head
 SPATIAL_CHANNELS = 7  # sFID keeps the first 7 channels of mixed_6/conv
 TOY_INFO_NODE = "sfd_toy_detector/info"  # a string Const the toy detector carries; Inception has none
 
@@ -63,11 +65,12 @@ class Detector:
         graph = tf.Graph()
         with graph.as_default():
             self._images = tf.compat.v1.placeholder(tf.float32, [None, None, None, 3])
+            wanted = [POOL_TENSOR, SPATIAL_TENSOR, LOGITS_MATMUL_OP] + ([LOGITS_OP] if self.info else [])
             try:
-                pool, spatial, matmul = tf.import_graph_def(
+                pool, spatial, matmul, *head = tf.import_graph_def(
                     graph_def,
                     input_map={INPUT_TENSOR: self._images},
-                    return_elements=[POOL_TENSOR, SPATIAL_TENSOR, LOGITS_MATMUL_OP],
+                    return_elements=wanted,
                     name="detector",
                 )
             except ValueError as err:
@@ -79,6 +82,8 @@ class Detector:
             self.num_classes = int(weights.shape[1])
             self._pool_input = tf.compat.v1.placeholder(tf.float32, [None, self.pool_dim])
             self._probs = tf.nn.softmax(tf.matmul(self._pool_input, weights))
+            logits = tf.matmul(self._pool_input, weights)
+            self._logits = tf.nn.bias_add(logits, head[0].inputs[1]) if head else None
         self.session = tf.compat.v1.Session(graph=graph, config=session_config())
 
     def close(self) -> None:
@@ -105,3 +110,13 @@ class Detector:
                 for i in range(0, len(pool), self.softmax_batch_size)
             ]
         )
+
+    def predicted_classes(self, pool: np.ndarray) -> np.ndarray:
+        """argmax(pool @ W + b) [N] int64: the toy detector's class decision (its head keeps the bias)."""
+        if self._logits is None:
+            raise EvalInputError(f"{self.path}: only the toy detector is trained on classes we condition on")
+        step = self.softmax_batch_size
+        logits = [
+            self.session.run(self._logits, {self._pool_input: pool[i : i + step]}) for i in range(0, len(pool), step)
+        ]
+        return np.argmax(np.concatenate(logits), 1)

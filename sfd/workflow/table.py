@@ -8,7 +8,9 @@ A row is one of
   * `quoted`:   another paper's method as the SFD paper quotes it; never reproduced here.
 Measured columns are named after the detector: `ours_fid` (ADM Inception) or `toy_fid` (the toy
 detector on 32x32 synthetic images). Toy numbers are not comparable to FID-50K, so a toy table has
-no differences and carries only the paper rows its runs mirror.
+no differences and carries only the paper rows its runs mirror. Every toy table also carries
+`toy_class_acc` beside toy-FID: the fraction of samples the toy detector assigns to their
+conditioning class (no paper counterpart), without which a low toy-FID could hide the wrong shapes.
 """
 
 import csv
@@ -28,6 +30,7 @@ READS = ("name", "tables.{table}", "runs.{runs}", "models.{models}.model")
 
 IDENTITY = ("kind", "run", "model", "model_type", "source", "step", "delta_t", "guidance",
             "guidance_model", "guidance_step", "guidance_scale", "num_samples", "metric_label")
+TOY_ONLY = "class_acc"  # measured by the toy detector alone; next to fid in every toy table
 PAPER_IDENTITY = ("paper_row", "paper_method", "paper_group", "paper_params", "paper_iter",
                   "paper_epochs", "paper_delta_t", "paper_guidance")
 
@@ -75,6 +78,12 @@ def build_table(exp: Experiment, name: str, metrics_by_run: dict[str, dict]) -> 
         raise ConfigError(f"tables.{name}: runs were evaluated with different detectors {sorted(kinds)}")
     toy = kinds == {"toy"}
     prefix = "toy" if toy else "ours"
+    measured = _measured_metrics(wanted, toy)
+    lacking = [r for r in runs if any(metrics_by_run[r].get(m) is None for m in measured)]
+    if lacking:
+        raise ConfigError(
+            f"tables.{name}: metrics of runs {lacking} lack one of {measured} (re-run `sfd evaluate`)"
+        )
     referenced = [row["paper_row"] for row in table["rows"] if row["paper_row"]]
     extra = ["fid_gpu"] if "fid" in wanted and any(
         "fid_gpu" in paper[r.split(".")[0]]["rows"][r.split(".")[1]] for r in referenced
@@ -93,7 +102,7 @@ def build_table(exp: Experiment, name: str, metrics_by_run: dict[str, dict]) -> 
             "guidance_scale": guidance["scale"] if guidance["kind"] != "none" else "",
             "num_samples": metrics.get("num_samples", ""), "metric_label": metrics["metric_label"],
         }
-        row.update({f"{prefix}_{m}": metrics[m] for m in wanted})
+        row.update({f"{prefix}_{m}": metrics[m] for m in measured})
         provenance = f"measured by this pipeline (experiment {exp.name}, {exp.path})"
         if entry["paper_row"]:
             table_id, _, row_id = entry["paper_row"].partition(".")
@@ -118,12 +127,20 @@ def build_table(exp: Experiment, name: str, metrics_by_run: dict[str, dict]) -> 
             row["provenance"] = _provenance(prow, paper[table_id]["source"])
             rows.append(row)
 
-    header = [*IDENTITY, *(f"{prefix}_{m}" for m in wanted), *PAPER_IDENTITY,
+    header = [*IDENTITY, *(f"{prefix}_{m}" for m in measured), *PAPER_IDENTITY,
               *(f"paper_{m}" for m in (*wanted, *extra))]
     if not toy:
         header += [f"diff_{m}" for m in wanted]
     header.append("provenance")
     return header, rows
+
+
+def _measured_metrics(wanted: list[str], toy: bool) -> list[str]:
+    """The table's metrics; a toy table adds the class accuracy right after fid (or first)."""
+    if not toy:
+        return list(wanted)
+    at = wanted.index("fid") + 1 if "fid" in wanted else 0
+    return [*wanted[:at], TOY_ONLY, *wanted[at:]]
 
 
 def to_csv(header: list[str], rows: list[dict]) -> str:
