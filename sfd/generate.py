@@ -191,11 +191,15 @@ def sample(
     guide_model: str | None = None,
     guide_ckpt: Path | None = None,
     num_samples: int | None = None,
+    seed: int | None = None,
     allow_unsafe: bool = False,
     source: str = "<config>",
 ) -> int:
-    """Make the missing shards of `out` (this rank's share) and, on rank 0, the index."""
-    scfg = cfg["sampling"]
+    """Make the missing shards of `out` (this rank's share) and, on rank 0, the index.
+
+    `seed` (default sampling.seed) seeds every sample's noise: replicate runs of a condition
+    differ in it."""
+    scfg = cfg["sampling"] if seed is None else {**cfg["sampling"], "seed": seed}
     n = scfg["num_samples"] if num_samples is None else num_samples
     if scfg["shard_size"] % scfg["batch_size"]:
         raise ConfigError(f"{source}: sampling.shard_size {scfg['shard_size']} is not a multiple of batch_size {scfg['batch_size']}")

@@ -262,10 +262,22 @@ def train(
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 
-    dataset = LatentDataset(latents, multiplier=cfg["latents"]["multiplier"], seed=seed)
+    # A model without semantic channels is the texture-only LightningDiT baseline (docs/method.md §1.4).
+    texture_only = mcfg["semantic_chans"] == 0
+    dataset = LatentDataset(
+        latents, multiplier=cfg["latents"]["multiplier"], seed=seed, texture_only=texture_only
+    )
     if len(dataset) < tcfg["global_batch_size"]:
         raise ConfigError(f"{latents}: {len(dataset)} latents, fewer than one global batch ({tcfg['global_batch_size']})")
     x_probe = dataset[0][0]
+    if x_probe.shape[0] != mcfg["in_chans"]:
+        stats = dataset.stats
+        raise ConfigError(
+            f"{source}: models.{model_name}.model.in_chans: {mcfg['in_chans']}, but {latents} gives "
+            f"{x_probe.shape[0]} channels ({stats.tex_channels} texture"
+            + (")" if texture_only else f" + {stats.sem_mean.shape[1]} semantic)")
+            + "; a model with semantic_chans 0 trains on the texture channels only"
+        )
     num_classes = cfg["data"]["num_classes"]
     identity = run_identity(cfg, model_name, num_classes, x_probe.shape[-1], len(dataset))
 

@@ -21,6 +21,7 @@ from sfd.generate import (
     shard_ranges,
 )
 from sfd.pack import class_mixing_permutation, pack
+from sfd.train import train
 
 from engine_fixtures import ENV, make_latents, make_texture_vae, one_thread, tiny_experiment, train_tiny  # noqa: F401
 
@@ -153,3 +154,43 @@ def test_one_and_two_processes_give_the_same_images(assets, tmp_path):
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     nfe = [np.load(p)["nfe"] for p in sorted((tmp_path / "two").glob("shard-*.npz"))]
     assert all((x > 0).all() for x in nfe)
+
+
+def test_sampling_seed_of_a_run_moves_only_the_noise(assets, tmp_path):
+    _sample(assets, tmp_path / "default")
+    _sample(assets, tmp_path / "seed0", seed=0)  # sampling.seed is 0
+    _sample(assets, tmp_path / "seed7", seed=7)
+    default, labels = _images(tmp_path / "default")
+    assert np.array_equal(_images(tmp_path / "seed0")[0], default)
+    other, other_labels = _images(tmp_path / "seed7")
+    assert not np.array_equal(other, default) and np.array_equal(other_labels, labels)
+    assert json.loads((tmp_path / "seed7" / "meta.json").read_text())["seed"] == 7
+
+
+def test_texture_only_baseline_trains_on_texture_channels_and_decodes(assets, tmp_path):
+    """semantic_chans 0 = the texture-only LightningDiT baseline: same latents minus the semantic
+    channels, REPA on, one time embedder; its samples decode like SFD's."""
+    from sfd.latents import LatentDataset
+
+    composite = LatentDataset(assets["latents"], seed=3)
+    texture = LatentDataset(assets["latents"], seed=3, texture_only=True)
+    x, y, feats = composite[5]
+    xt, yt, feats_t = texture[5]
+    assert xt.shape[0] == 4 and torch.equal(xt, x[:4]) and yt == y and torch.equal(feats_t, feats)
+
+    cfg = yaml.safe_load(assets["cfg_path"].read_text())
+    model = cfg["models"]["tiny"]["model"]
+    model.update(in_chans=8, semantic_chans=0, semfirst_delta_t=0.0)
+    with pytest.raises(ConfigError, match=r"models.tiny.model.in_chans: 8, but .* gives 4 channels \(4 texture\)"):
+        train(validate(cfg, "experiment"), "tiny", assets["latents"], tmp_path / "bad")
+    model["in_chans"] = 4
+    cfg_path = tmp_path / "texture.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    run = train_tiny(cfg_path, assets["latents"], tmp_path / "run", until=2)
+    state = torch.load(run / "ema" / "0000002.pt", weights_only=True)["ema"]
+    assert state["x_embedder.proj.weight"].shape[1] == 4 and any(k.startswith("repa_projector") for k in state)
+    out = tmp_path / "samples"
+    assert sample(validate(cfg, "experiment"), "tiny", run / "ema" / "0000002.pt", assets["latents"],
+                  assets["vae"], out) == 0
+    images, _ = _images(out)
+    assert images.shape == (24, 16, 16, 3) and images.std() > 0

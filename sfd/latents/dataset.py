@@ -27,10 +27,16 @@ def flip_coin(seed: int, epoch: int, index: int) -> bool:
 
 
 class LatentDataset(torch.utils.data.Dataset):
-    """(x1 float32 [C_tex + C_sem, h, w], label int64, feats float32 [L, D]) per item."""
+    """(x1 float32 [C_tex + C_sem, h, w], label int64, feats float32 [L, D]) per item.
 
-    def __init__(self, directory, multiplier: float = 1.0, seed: int = 0, in_memory: bool | None = None):
+    `texture_only` drops the semantic channels (x1 is [C_tex, h, w]): the texture-only
+    LightningDiT baseline trains on the same latents, images and REPA targets as SFD.
+    """
+
+    def __init__(self, directory, multiplier: float = 1.0, seed: int = 0, in_memory: bool | None = None,
+                 texture_only: bool = False):
         self.directory = Path(directory)
+        self.texture_only = texture_only
         self.index = read_index(self.directory)
         self.stats = load_stats(self.directory)
         self.multiplier = float(multiplier)
@@ -89,4 +95,6 @@ class LatentDataset(torch.utils.data.Dataset):
         suffix = "_flip" if self.has_flip and flip_coin(self.seed, self.epoch, index) else ""
         x1 = normalize(self._row(TEXTURE + suffix, index).float(), self._row(SEMANTIC + suffix, index).float(),
                        self.stats, self.multiplier)
+        if self.texture_only:
+            x1 = x1[: self.stats.tex_channels]
         return x1, self._row("labels", index).long(), self._row(FEATS + suffix, index).float()
