@@ -45,6 +45,7 @@ COMMANDS = {
     "launch": ("sfd.workflow.launch", "Run a resumable command on all devices of the job (torchrun/srun), guarding its state dir."),
     "table": ("sfd.workflow.table", "Build results/<table>.csv: measured metrics beside the paper's numbers."),
     "plot": ("sfd.workflow.plot", "Draw a paper figure (FID vs delta_t or vs iterations) from its results CSV."),
+    "replication-report": ("sfd.workflow.replication", "Replication CSV, figures and report: toy-FID and class accuracy over seeds, verdicts."),
     "dvc-yaml": ("sfd.workflow.dvc_yaml", "Generate dvc.yaml from the Snakemake DAG (--check: fail when stale)."),
 }
 

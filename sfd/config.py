@@ -114,8 +114,12 @@ def load_yaml(path) -> dict:
 
 
 def load_experiment(path) -> dict:
-    """Load and validate an experiment file (config/toy.yaml, config/paper.yaml, ...)."""
-    return validate(load_yaml(path), "experiment", source=str(path))
+    """Load and validate an experiment file (config/toy.yaml, config/paper.yaml, ...), with the
+    replicate models and runs of its `replication` section spelled out, so every command reads them
+    as any other model or run."""
+    from sfd.workflow.matrix import expand_replication  # the matrix builds on this module
+
+    return expand_replication(validate(load_yaml(path), "experiment", source=str(path)), str(path))
 
 
 def load_model_section(path) -> dict:

@@ -1,11 +1,13 @@
 """`sfd dvc-yaml`: dvc.yaml generated from the Snakemake DAG, so the pipeline is defined once.
 
 The DAG of the experiment named in params.yaml (`experiment: config/toy.yaml`) is built in-process
-through Snakemake's API with every job forced, and each job becomes one DVC stage:
+through Snakemake's API with every job forced, for the default target and, when the experiment has a
+replication section, the `replication` target; each job becomes one DVC stage:
   * `cmd`: the job's shell command exactly as Snakemake renders it;
   * `deps`: its input files; `params`: the dotted keys of its `params.cfg` that the experiment file
     spells out, pointing into that file (keys left to schema defaults are not in the file, and DVC
-    refuses absent keys; after writing such a key into the file, regenerate);
+    refuses absent keys; after writing such a key into the file, regenerate); a replicate's keys
+    point at the condition or model it copies and at the replication seeds;
   * `outs` / `metrics` / `plots`: its output files (metrics JSONs and figures in their sections);
     `persist: true` where the command resumes from its own earlier results (`params.state`), so
     `dvc repro` does not delete them first.
@@ -20,8 +22,9 @@ from pathlib import Path
 import yaml
 
 from sfd import reads
-from sfd.config import ConfigError, load_yaml
+from sfd.config import ConfigError, load_experiment, load_yaml
 from sfd.io import write_text
+from sfd.workflow import matrix
 
 log = logging.getLogger("sfd.dvc_yaml")
 
@@ -31,8 +34,9 @@ HEADER = (
 )
 
 
-def snakemake_jobs(experiment: str, root: Path) -> list:
-    """Every job of the workflow's default target for `experiment`, as Snakemake Job objects."""
+def snakemake_jobs(experiment: str, root: Path, targets: tuple[str, ...] = ()) -> list:
+    """Every job of the workflow's default target and `targets` for `experiment`, as Snakemake Job
+    objects."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
 
@@ -44,11 +48,16 @@ def snakemake_jobs(experiment: str, root: Path) -> list:
             snakefile=root / "Snakefile",
             workdir=root,
         )
-        workflow_api.dag(DAGSettings(forceall=True))
+        workflow_api.dag(DAGSettings(forceall=True, targets={"all", *targets}))
         workflow = workflow_api._workflow  # Snakemake offers no public handle on the job objects
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
         workflow._build_dag()
         return [job for job in workflow.dag.jobs if job.shellcmd]
+
+
+def extra_targets(cfg: dict) -> tuple[str, ...]:
+    """Targets beside the default one that dvc.yaml covers: the replication, when configured."""
+    return ("replication",) if cfg["replication"]["conditions"] else ()
 
 
 def stage_name(job) -> str:
@@ -63,13 +72,14 @@ def _present(data: dict, dotted: str) -> bool:
     return True
 
 
-def stage(job, experiment: str, raw: dict) -> dict:
+def stage(job, experiment: str, raw: dict, cfg: dict) -> dict:
     params = job.params
     resumable = "state" in params.keys()
     out = {"cmd": " ".join(job.shellcmd.split())}
     if job.input:
         out["deps"] = sorted(set(map(str, job.input)))
-    keys = [k for k in params.get("cfg", {}) if _present(raw, k)]
+    origins = (o for k in params.get("cfg", {}) for o in matrix.origin_keys(cfg, k))
+    keys = [k for k in dict.fromkeys(origins) if _present(raw, k)]
     if keys:
         out["params"] = [{experiment: keys}]
     sections = {"outs": [], "metrics": [], "plots": []}
@@ -85,8 +95,9 @@ def generate(root: Path, params_file: str = "params.yaml") -> str:
     if not isinstance(experiment, str):
         raise ConfigError(f"{params_file}: experiment: the experiment YAML to track (e.g. config/toy.yaml)")
     raw = load_yaml(Path(root) / experiment)
-    jobs = sorted(snakemake_jobs(experiment, root), key=stage_name)
-    stages = {stage_name(job): stage(job, experiment, raw) for job in jobs}
+    cfg = load_experiment(Path(root) / experiment)
+    jobs = sorted(snakemake_jobs(experiment, root, extra_targets(cfg)), key=stage_name)
+    stages = {stage_name(job): stage(job, experiment, raw, cfg) for job in jobs}
     body = yaml.safe_dump({"stages": stages}, sort_keys=False, width=1000, default_flow_style=False)
     return HEADER.format(experiment=experiment) + body
 

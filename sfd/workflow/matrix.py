@@ -6,6 +6,7 @@ and `sfd dvc-yaml` converts the resulting DAG, so the matrix is defined once. Ev
 plain data derived from the validated experiment file; nothing touches the disk except `load`.
 """
 
+import copy
 import json
 import re
 from dataclasses import dataclass
@@ -122,6 +123,15 @@ class Experiment:
     def num_samples(self, run: str) -> int:
         return self.run(run)["num_samples"] or self.cfg["sampling"]["num_samples"]
 
+    # -- replication ---------------------------------------------------------------------
+
+    def replicate_runs(self, condition: str) -> list[str]:
+        """The runs of one replication condition, in seed order."""
+        return [replicate(condition, seed) for seed in self.cfg["replication"]["seeds"]]
+
+    def replication_runs(self) -> list[str]:
+        return [run for c in self.cfg["replication"]["conditions"] for run in self.replicate_runs(c)]
+
     @cached_property
     def released_weights(self) -> list[tuple[str, int]]:
         """(model, step) pairs that runs with `source: released` sample or guide with."""
@@ -133,6 +143,74 @@ class Experiment:
             if run["guidance"]["kind"] == "autoguidance":
                 pairs.append((run["guidance"]["model"], run["guidance"]["step"]))
         return list(dict.fromkeys(pairs))
+
+
+def replicate(name: str, seed: int) -> str:
+    """The name of a replicated model or condition for one replication seed."""
+    return f"{name}_s{seed}"
+
+
+def expand_replication(cfg: dict, source: str) -> dict:
+    """`cfg` with the replication spelled out: for each seed, a copy `<model>_s<seed>` of every
+    model a condition uses (its AutoGuidance model too) training with seed_offset + seed, and a run
+    `<condition>_s<seed>` sampling it with sampling.seed + seed. The seed thus moves the DiT's
+    initialisation, its data order and training noise, and the sampling noise; tokenizers, encoder
+    and latents are shared. A name the file already uses is an error, never overwritten."""
+    rep = cfg["replication"]
+    models, runs = dict(cfg["models"]), dict(cfg["runs"])
+    for name, cond in rep["conditions"].items():
+        bases = _condition_models(cfg, name, source)
+        for seed in rep["seeds"]:
+            for base in bases.values():
+                template = cfg["models"][base]
+                train = {**template["train"], "seed_offset": template["train"]["seed_offset"] + seed}
+                replica = {**copy.deepcopy(template), "train": train}
+                models[_unused(cfg, "models", replicate(base, seed), source)] = replica
+            guide = bases.get("guidance.model")
+            runs[_unused(cfg, "runs", replicate(name, seed), source)] = {
+                "model": replicate(cond["model"], seed), "step": cond["step"], "source": "trained",
+                "guidance": {**cond["guidance"], "model": guide and replicate(guide, seed)},
+                "num_samples": cond["num_samples"], "seed": cfg["sampling"]["seed"] + seed,
+            }
+    return {**cfg, "models": models, "runs": runs}
+
+
+def _condition_models(cfg: dict, name: str, source: str) -> dict[str, str]:
+    """{key: model} of the models condition `name` samples with (`model`, `guidance.model`)."""
+    cond = cfg["replication"]["conditions"][name]
+    found = {"model": cond["model"]}
+    if cond["guidance"]["kind"] == "autoguidance" and cond["guidance"]["model"] is not None:
+        found["guidance.model"] = cond["guidance"]["model"]
+    for key, model in found.items():
+        if model not in cfg["models"]:
+            raise ConfigError(
+                f"{source}: replication.conditions.{name}.{key}: {model!r} is not a key of models "
+                f"(known: {_known(cfg['models'])})"
+            )
+    return found
+
+
+def _unused(cfg: dict, section: str, name: str, source: str) -> str:
+    if name in cfg[section]:
+        raise ConfigError(
+            f"{source}: {section}.{name}: the replication section names a replicate so; rename it"
+        )
+    return name
+
+
+def origin_keys(cfg: dict, key: str) -> list[str]:
+    """The keys of the experiment file that a key of the expanded experiment comes from: itself, or
+    for a replicate the condition or model it copies plus the seeds (DVC tracks these)."""
+    rep, origins = cfg["replication"], {}
+    for seed in rep["seeds"]:
+        for name in rep["conditions"]:
+            origins[f"runs.{replicate(name, seed)}"] = (f"replication.conditions.{name}", "sampling.seed")
+            for base in _condition_models(cfg, name, "<config>").values():
+                origins[f"models.{replicate(base, seed)}"] = (f"models.{base}",)
+    for prefix, (origin, *extra) in origins.items():
+        if key == prefix or key.startswith(prefix + "."):
+            return [origin + key[len(prefix):], "replication.seeds", *extra]
+    return [key]
 
 
 def _canonical(value):
@@ -159,6 +237,7 @@ def load(path, module: str | None = None, **names) -> Experiment:
 def check(exp: Experiment) -> None:
     """Relations between sections that a JSON schema cannot state; errors name the key."""
     _check_models(exp)
+    _check_replication(exp)
     _check_runs(exp)
     _check_tables(exp)
 
@@ -217,6 +296,30 @@ def _check_runs(exp: Experiment) -> None:
             )
         if guidance["kind"] != "none" and guidance["scale"] <= 1:
             raise ConfigError(f"{src}: runs.{name}.guidance.scale: {guidance['kind']} acts only when scale > 1")
+
+
+def _check_replication(exp: Experiment) -> None:
+    """Conditions sample existing export steps; claims compare and plot existing conditions."""
+    rep, src = exp.cfg["replication"], exp.path
+    if not rep["conditions"]:
+        return
+    if len(rep["seeds"]) < 2:
+        raise ConfigError(f"{src}: replication.seeds: an interval over seeds needs at least 2 seeds")
+    for name, cond in rep["conditions"].items():
+        key = f"replication.conditions.{name}"
+        _check_weights(exp, f"{key}.model", cond["model"], cond["step"], "trained")
+        guidance = cond["guidance"]
+        if guidance["kind"] == "autoguidance" and guidance["step"] is not None:
+            _check_weights(exp, f"{key}.guidance.model", guidance["model"], guidance["step"], "trained")
+    for name, claim in rep["claims"].items():
+        named = [("better", claim["better"]), ("than", claim["than"])]
+        named += [(f"curves.{label}", c) for label, conds in claim["curves"].items() for c in conds]
+        for key, cond in named:
+            if cond not in rep["conditions"]:
+                raise ConfigError(
+                    f"{src}: replication.claims.{name}.{key}: {cond!r} is not a key of replication.conditions "
+                    f"(known: {_known(rep['conditions'])})"
+                )
 
 
 def _check_tables(exp: Experiment) -> None:

@@ -2,7 +2,7 @@
 
 dvc.yaml keeps commands as text, so a command must carry no value of the experiment file: DVC
 would see the parameter change and rerun the stage with the old value still in its command line.
-This reads `runs.<run>` (model, guidance kind, scale and model, sample count, source) from the
+This reads `runs.<run>` (model, guidance kind, scale and model, sample count, source, seed) from the
 experiment, checks that the checkpoints it was handed are the ones that run samples (a dvc.yaml
 older than the experiment names others), and calls the sampler of `sfd.generate` with them.
 """
@@ -56,7 +56,7 @@ def main(args) -> int:
     return generate.sample(
         exp.cfg, spec["model"], args.ckpt, args.latents, args.texture_vae, args.out,
         guidance=guidance["kind"], cfg_scale=guidance["scale"], guide_model=guidance["model"] if ag else None,
-        guide_ckpt=args.guide_ckpt if ag else None, num_samples=exp.num_samples(args.run),
+        guide_ckpt=args.guide_ckpt if ag else None, num_samples=exp.num_samples(args.run), seed=spec.get("seed"),
         # the authors' files from the trusted SFD-Project repository
         allow_unsafe=spec["source"] == "released", source=exp.path,
     )

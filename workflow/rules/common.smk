@@ -178,6 +178,10 @@ def table_metrics(wildcards):
     return [f"{E}/metrics/{run}.json" for run in EXP.table_runs(wildcards.table)]
 
 
+def replication_metrics(wildcards):
+    return [f"{E}/metrics/{run}.json" for run in EXP.replication_runs()]
+
+
 def all_targets(wildcards):
     tables = EXP.cfg["tables"]
     return [f"results/{t}.csv" for t in tables] + [

@@ -57,6 +57,42 @@ rule plot:
         " --out {output} > {log} 2>&1"
 
 
+if EXP.cfg["replication"]["conditions"]:
+
+    rule replication_report:
+        """Every replication condition once per seed: toy-FID and class accuracy with their interval
+        over seeds, a figure and a verdict per claim. `sfd replication-report`
+        (sfd/workflow/replication.py)."""
+        input:
+            replication_metrics,
+        output:
+            csv=report("results/replication.csv", category="Replication"),
+            report=report("results/replication.md", category="Replication"),
+            figures=[
+                report(f"results/replication_{claim}.png", category="Replication")
+                for claim in EXP.cfg["replication"]["claims"]
+            ],
+        params:
+            **reads("replication-report"),
+        conda:
+            "../envs/sfd.yaml"
+        log:
+            logfile("replication_report"),
+        benchmark:
+            benchfile("replication_report")
+        resources:
+            mem_mb=1000,
+            runtime=10,
+        shell:
+            "sfd replication-report --config {params.experiment} --csv {output.csv}"
+            " --report {output.report} --figures results {input} > {log} 2>&1"
+
+    rule replication:
+        """The miniature replication: the report, its CSV and its figures."""
+        input:
+            rules.replication_report.output,
+
+
 rule released:
     """The tables filled only by the authors' released checkpoints: evaluation without training."""
     input:
