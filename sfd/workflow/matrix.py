@@ -157,7 +157,9 @@ def expand_replication(cfg: dict, source: str) -> dict:
     initialisation, its data order and training noise, and the sampling noise; tokenizers, encoder
     and latents are shared. A name the file already uses is an error, never overwritten."""
     rep = cfg["replication"]
-    models, runs = dict(cfg["models"]), dict(cfg["runs"])
+    if not rep["conditions"]:
+        return cfg
+    models, runs = dict(cfg.get("models", {})), dict(cfg["runs"])
     for name, cond in rep["conditions"].items():
         bases = _condition_models(cfg, name, source)
         for seed in rep["seeds"]:
@@ -182,10 +184,10 @@ def _condition_models(cfg: dict, name: str, source: str) -> dict[str, str]:
     if cond["guidance"]["kind"] == "autoguidance" and cond["guidance"]["model"] is not None:
         found["guidance.model"] = cond["guidance"]["model"]
     for key, model in found.items():
-        if model not in cfg["models"]:
+        if model not in cfg.get("models", {}):
             raise ConfigError(
                 f"{source}: replication.conditions.{name}.{key}: {model!r} is not a key of models "
-                f"(known: {_known(cfg['models'])})"
+                f"(known: {_known(cfg.get('models', {}))})"
             )
     return found
 
