@@ -104,6 +104,20 @@ def iter_images(batch: ImageBatch, batch_size: int, count: int | None = None) ->
             yield np.frombuffer(data, np.uint8).reshape(n, *batch.image_shape)
 
 
+def range_warning(batch: ImageBatch, probe: int = 256) -> str | None:
+    """Why the first `probe` images of `batch` look wrongly scaled (e.g. [0, 1] floats cast to
+    uint8, or blank images), or None. A heuristic: real photos and decent samples span far more."""
+    low, high = 255, 0
+    for images in iter_images(batch, probe, min(probe, batch.count)):
+        low, high = min(low, int(images.min())), max(high, int(images.max()))
+    if high <= 1:
+        return (f"{batch.path}: the first {min(probe, batch.count)} images only take values in [{low}, {high}]; "
+                "were [0, 1] floats cast to uint8 without scaling by 255?")
+    if low == high:
+        return f"{batch.path}: the first {min(probe, batch.count)} images are all the constant {low}"
+    return None
+
+
 def read_statistics(batch: ImageBatch) -> tuple[GaussianStats, GaussianStats]:
     """The (pool, spatial) statistics stored in the npz (ADM reference batches carry them)."""
     with np.load(batch.path) as data:

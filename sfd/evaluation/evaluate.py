@@ -1,17 +1,29 @@
 """`sfd evaluate`: FID, sFID, Inception Score, precision and recall of a sample batch, ADM-style.
 
-Both npz files and the detector are checked before TensorFlow is even imported, and the metrics
-file is written atomically at the very end, so a failed evaluation leaves no output behind.
+Both npz files, the detector and the output paths are checked before TensorFlow is even imported
+(a reference of another image size is refused unless allowed explicitly; images whose values look
+wrongly scaled are reported), and the metrics file is written atomically at the very end, so a
+failed evaluation leaves no output behind. Reference features are cached in the user's cache
+directory (`--cache-dir`, else $SFD_CACHE_DIR, else $XDG_CACHE_HOME/sfd or ~/.cache/sfd), never in
+the working directory.
 Precision/recall distances run through ADM's own TensorFlow graph (`tf_ops`), so their fp16
 rounding is the one ADM's evaluator gets on the same machine.
 """
 
 import csv
 import logging
+import os
 from pathlib import Path
 
 from sfd.evaluation import EVALUATOR_VERSION
-from sfd.evaluation.batches import EvalInputError, iter_images, open_image_batch, require_finite, statistics
+from sfd.evaluation.batches import (
+    EvalInputError,
+    iter_images,
+    open_image_batch,
+    range_warning,
+    require_finite,
+    statistics,
+)
 from sfd.evaluation.metrics import (
     IS_SPLIT_SIZE,
     PR_NEIGHBOURHOOD,
@@ -20,15 +32,34 @@ from sfd.evaluation.metrics import (
     precision_recall,
 )
 from sfd.evaluation.reference import reference_features
-from sfd.io import atomic_write, sha256, write_json
+from sfd.io import atomic_write, require_writable, sha256, write_json
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_DIR = ".cache/sfd-eval"
 SCALAR_FIELDS = tuple(  # the CSV row
     "metric_label fid sfid inception_score precision recall num_samples num_reference detector_kind "
     "samples_sha256 reference_sha256 detector_sha256 evaluator_version".split()
 )
+
+
+def default_cache_dir() -> Path:
+    """$SFD_CACHE_DIR, else $XDG_CACHE_HOME/sfd, else ~/.cache/sfd; reference features go in eval/."""
+    if os.environ.get("SFD_CACHE_DIR"):
+        return Path(os.environ["SFD_CACHE_DIR"]) / "eval"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sfd" / "eval"
+
+
+def check_sizes(samples, reference, allow_size_mismatch: bool) -> None:
+    """Refuse a reference whose images differ in size from the samples: a 64x64 reference for
+    32x32 samples gives numbers that look valid and mean nothing."""
+    if samples.image_shape == reference.image_shape:
+        return
+    sizes = f"{samples.path} holds {samples.image_shape[0]}x{samples.image_shape[1]} images, " \
+            f"{reference.path} {reference.image_shape[0]}x{reference.image_shape[1]}"
+    if not allow_size_mismatch:
+        raise EvalInputError(f"{sizes}; pass --allow-size-mismatch to compare them anyway")
+    log.warning("%s (allowed by --allow-size-mismatch)", sizes)
 
 
 def resolve_metric_label(detector_kind: str, num_samples: int, configured: str | None) -> str:
@@ -57,14 +88,22 @@ def evaluate(
     metric_label: str | None = None,
     batch_size: int = 64,
     softmax_batch_size: int = 512,
-    cache_dir=DEFAULT_CACHE_DIR,
+    cache_dir=None,
+    allow_size_mismatch: bool = False,
 ) -> dict:
     """All five ADM metrics of the first `num_samples` (default: all) images of `samples_path`.
 
-    `label` (toy | inception), when given, must match the detector graph's kind.
+    `label` (toy | inception), when given, must match the detector graph's kind; `cache_dir`
+    defaults to `default_cache_dir()`.
     """
     samples = open_image_batch(samples_path, num_samples)
     reference = open_image_batch(reference_path)
+    check_sizes(samples, reference, allow_size_mismatch)
+    for batch in (samples, reference):
+        if (warning := range_warning(batch)) is not None:
+            log.warning("%s", warning)
+    cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
+    require_writable(cache_dir / "reference.npz")
     count = samples.count if num_samples is None else num_samples
     for batch, n in ((samples, count), (reference, reference.count)):
         if n <= PR_NEIGHBOURHOOD:
@@ -178,7 +217,13 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--config", help="experiment YAML; its evaluation section gives the defaults")
     parser.add_argument(
-        "--cache-dir", default=DEFAULT_CACHE_DIR, help="reference-feature cache (default: %(default)s)"
+        "--cache-dir", default=None,
+        help="reference-feature cache (default: $SFD_CACHE_DIR/eval, else $XDG_CACHE_HOME/sfd/eval or "
+        "~/.cache/sfd/eval)",
+    )
+    parser.add_argument(
+        "--allow-size-mismatch", action="store_true",
+        help="evaluate although the reference images differ in size from the samples",
     )
 
 
@@ -186,6 +231,8 @@ def main(args) -> int:
     from sfd.config import load_experiment
 
     cfg = load_experiment(args.config)["evaluation"] if args.config else {}
+    for path in filter(None, (args.output, args.csv)):
+        require_writable(path)
     result = evaluate(
         args.samples,
         args.reference,
@@ -196,6 +243,7 @@ def main(args) -> int:
         batch_size=cfg.get("batch_size", 64),
         softmax_batch_size=cfg.get("softmax_batch_size", 512),
         cache_dir=args.cache_dir,
+        allow_size_mismatch=args.allow_size_mismatch,
     )
     write_json(result, args.output)
     if args.csv:
