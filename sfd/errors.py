@@ -9,3 +9,12 @@ traceback. Torch-free and TensorFlow-free: the evaluator process imports it too.
 
 class UserError(Exception):
     """Bad input the user can fix; `sfd` prints the message as one line and exits 2."""
+
+
+class InputError(UserError, ValueError):
+    """An input file or directory that exists but cannot be used: corrupt, truncated, wrong format,
+    or made by another run (the message names it and what to do)."""
+
+
+class MissingInputError(UserError, FileNotFoundError):
+    """A required input file or directory that does not exist (yet)."""

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from tqdm import tqdm
 
 from sfd import distributed as dist
 from sfd.checkpoint import CheckpointError
+from sfd.errors import InputError
 from sfd.config import ConfigError, load_experiment
 from sfd.io import atomic_path, sha256, write_json
 from sfd.latents import denormalize_texture, load_stats
@@ -79,13 +81,18 @@ def shard_path(out: Path, shard: int) -> Path:
 
 
 def read_shard(path: Path, start: int, stop: int) -> dict | None:
-    """A complete shard's arrays, or None if it is missing or not the expected range."""
+    """A complete shard's arrays, or None if it is missing, unreadable (truncated: reported, so
+    that it is redone) or not the expected range."""
+    if not path.is_file():
+        return None
     try:
         with np.load(path) as data:
             arrays = {key: data[key] for key in ("images", "labels", "indices")}
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        log.warning("redoing %s: unreadable shard (%s: %s)", path, type(err).__name__, err)
         return None
     if not np.array_equal(arrays["indices"], np.arange(start, stop)) or len(arrays["images"]) != stop - start:
+        log.warning("redoing %s: it does not hold samples [%d, %d)", path, start, stop)
         return None
     return arrays
 
@@ -101,13 +108,14 @@ def latent_size(state_dict: dict, model_cfg: dict) -> int:
     tokens = state_dict["pos_embed"].shape[1]
     side = int(round(tokens**0.5))
     if side * side != tokens:
-        raise ConfigError(f"pos_embed has {tokens} tokens, not a square grid")
+        raise CheckpointError(f"pos_embed has {tokens} tokens, not a square grid")
     return side * parse_model_type(model_cfg["model_type"])[1]
 
 
 def load_ema_model(cfg: dict, model_name: str, ckpt: Path, num_classes: int, device, allow_unsafe: bool, source: str):
-    """models.<model_name> with the EMA weights of `ckpt` (any layout sfd.checkpoint accepts)."""
-    from sfd.checkpoint import load_into, load_weights
+    """models.<model_name> with the EMA weights of `ckpt` (any layout sfd.checkpoint accepts); a
+    checkpoint of another architecture is a CheckpointError naming the file and the first misfit key."""
+    from sfd.checkpoint import load_strict, load_weights
     from sfd.models import build_model
 
     if model_name not in cfg.get("models", {}):
@@ -115,9 +123,13 @@ def load_ema_model(cfg: dict, model_name: str, ckpt: Path, num_classes: int, dev
     model_cfg = cfg["models"][model_name]["model"]
     state = load_weights(ckpt, allow_unsafe=allow_unsafe)
     if "pos_embed" not in state:
-        raise ConfigError(f"{ckpt}: no pos_embed entry; not a LightningDiT checkpoint")
-    model = build_model(model_cfg, num_classes=num_classes, input_size=latent_size(state, model_cfg))
-    load_into(model, state)
+        raise CheckpointError(f"{ckpt}: no pos_embed entry; not a LightningDiT checkpoint")
+    try:
+        input_size = latent_size(state, model_cfg)
+    except CheckpointError as err:
+        raise CheckpointError(f"{ckpt}: {err}") from None
+    model = build_model(model_cfg, num_classes=num_classes, input_size=input_size)
+    load_strict(model, state, f"{ckpt} (models.{model_name})")
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -218,28 +230,29 @@ def sample(
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    shards = shard_ranges(n, scfg["shard_size"])
-    if rank == 0:
-        _claim(out, meta)
-    dist.barrier()
-    mine = [j for j in range(len(shards)) if j % world == rank and read_shard(shard_path(out, j), *shards[j]) is None]
-    dist.print0(
-        f"sampling {n} images of {model_name} ({ckpt}) with {guide['guidance']} s={guide['cfg_scale']}, "
-        f"{scfg['method']}: {len(shards)} shards of {scfg['shard_size']} on {world} ranks, {len(mine)} to make on rank 0"
+    # Every input is loaded (the checkpoints into their models) before anything is written.
+    num_classes = meta["num_classes"]
+    sampler = ImageSampler(
+        model=load_ema_model(cfg, model_name, ckpt, num_classes, device, allow_unsafe, source),
+        weak=load_ema_model(cfg, guide_model, guide_ckpt, num_classes, device, allow_unsafe, source) if ag else None,
+        vae=load_texture_vae(texture_vae).to(device).eval(), stats=load_stats(latents), settings=scfg,
+        guide=guide, num_samples=n, num_classes=num_classes, delta_t=meta["model"]["semfirst_delta_t"],
+        interval_mode=meta["model"]["semfirst_infer_interval_mode"], multiplier=meta["multiplier"], device=device,
     )
-    if mine:
-        num_classes = meta["num_classes"]
-        sampler = ImageSampler(
-            model=load_ema_model(cfg, model_name, ckpt, num_classes, device, allow_unsafe, source),
-            weak=load_ema_model(cfg, guide_model, guide_ckpt, num_classes, device, allow_unsafe, source) if ag else None,
-            vae=load_texture_vae(texture_vae).to(device).eval(), stats=load_stats(latents), settings=scfg,
-            guide=guide, num_samples=n, num_classes=num_classes, delta_t=meta["model"]["semfirst_delta_t"],
-            interval_mode=meta["model"]["semfirst_infer_interval_mode"], multiplier=meta["multiplier"], device=device,
+    shards = shard_ranges(n, scfg["shard_size"])
+    with dist.output_lock(out):
+        if rank == 0:
+            _claim(out, meta)
+        dist.barrier()
+        mine = [j for j in range(len(shards)) if j % world == rank and read_shard(shard_path(out, j), *shards[j]) is None]
+        dist.print0(
+            f"sampling {n} images of {model_name} ({ckpt}) with {guide['guidance']} s={guide['cfg_scale']}, "
+            f"{scfg['method']}: {len(shards)} shards of {scfg['shard_size']} on {world} ranks, {len(mine)} to make on rank 0"
         )
         _make_shards(sampler, out, [(j, *shards[j]) for j in mine], scfg["batch_size"], rank)
-    dist.barrier()
-    if rank == 0:
-        _write_index(out, meta, shards)
+        dist.barrier()
+        if rank == 0:
+            _write_index(out, meta, shards)
     dist.cleanup()
     return 0
 
@@ -265,10 +278,14 @@ def _make_shards(sampler: ImageSampler, out: Path, todo: list[tuple[int, int, in
 
 def _claim(out: Path, meta: dict) -> None:
     """Write meta.json, or check that existing shards were made with the same settings (file
-    contents by hash; the paths they came from may differ)."""
+    contents by hash; the paths they came from may differ). Settings that no shard was made with
+    yet are simply replaced."""
     path = out / "meta.json"
-    if path.exists():
-        old = json.loads(path.read_text())
+    if path.exists() and any(out.glob("shard-*.npz")):
+        try:
+            old = json.loads(path.read_text())
+        except ValueError as err:
+            raise InputError(f"{path}: not valid JSON ({err}); delete {out} to start over") from None
         for key in sorted(set(old) | set(meta)):
             if not key.endswith("_path") and old.get(key) != meta.get(key):
                 raise ConfigError(

@@ -236,7 +236,15 @@ def train(
     init_from: Path | None = None,
     source: str = "<config>",
 ) -> int:
-    """Train models.<model_name> on the latent dataset `latents` into `run_dir`; returns the exit code."""
+    """Train models.<model_name> on the latent dataset `latents` into `run_dir`; returns the exit code.
+    One run per run directory: a second one refuses while this one holds its lock."""
+    with dist.output_lock(run_dir, sweep=(".", "checkpoints", "ema")):
+        return _train(cfg, model_name, latents, Path(run_dir), until_step=until_step, init_from=init_from,
+                      source=source)
+
+
+def _train(cfg: dict, model_name: str, latents: Path, run_dir: Path, *, until_step: int | None,
+           init_from: Path | None, source: str) -> int:
     from sfd.latents import LatentDataset
     from sfd.models import build_model
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from sfd.config import ConfigError, load_experiment
 from sfd.device import autocast, get_device
-from sfd.io import torch_save, write_json
+from sfd.io import directory_lock, require_writable, sweep_temps, torch_save, write_json
 from sfd.semantic.features import FeatureShards
 from sfd.semantic.semvae import SemanticVAE, SemVAEArch
 
@@ -125,10 +125,15 @@ def checkpoint(model, opt, sched, iteration: int, averages: dict, section: dict)
     }
 
 
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The checkpoint with the highest step in its name (not the largest file, unlike the official)."""
-    found = sorted(directory.glob("[0-9]" * 7 + ".pt"))
-    return found[-1] if found else None
+def latest_checkpoint(directory: Path, device) -> tuple[Path, dict] | None:
+    """The readable checkpoint with the highest step in its name (not the largest file, unlike the
+    official), loaded; an unreadable one (torn by a crash outside sfd.io) is reported and skipped."""
+    for path in sorted(directory.glob("[0-9]" * 7 + ".pt"), reverse=True):
+        try:
+            return path, torch.load(path, map_location=device, weights_only=True)
+        except Exception as err:
+            log.warning("skipping unreadable checkpoint %s (%s); its steps are redone", path, type(err).__name__)
+    return None
 
 
 def eval_split(data: FeatureShards, eval_features, t: dict) -> tuple[FeatureShards, np.ndarray, int]:
@@ -154,22 +159,29 @@ def save_checkpoint(state: dict, ckpt_dir: Path) -> None:
 
 
 def train(exp: dict, features, eval_features, out, run_dir) -> dict:
-    """Train (or resume) and write the final checkpoint to `out`; returns the final eval metrics."""
+    """Train (or resume) and write the final checkpoint to `out`; returns the final eval metrics.
+    One run per run directory: it holds the directory's lock throughout."""
+    data = FeatureShards(features)
+    eval_data, eval_indices, train_items = eval_split(data, eval_features, exp["semvae"]["train"])
+    require_writable(out)
+    with directory_lock(run_dir, sweep=(".", "checkpoints")):
+        sweep_temps(Path(out).parent, Path(out).name)
+        return _train(exp, data, eval_data, eval_indices, train_items, Path(out), Path(run_dir))
+
+
+def _train(exp: dict, data: FeatureShards, eval_data: FeatureShards, eval_indices, train_items: int, out: Path,
+           run_dir: Path) -> dict:
     section, t, seed = exp["semvae"], exp["semvae"]["train"], exp["seed"]
     device = get_device(exp["device"])
-    data = FeatureShards(features)
-    eval_data, eval_indices, train_items = eval_split(data, eval_features, t)
-    run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    run_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(seed)
     model = SemanticVAE(SemVAEArch.from_section(section, input_dim=data.dim)).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
     sched = build_scheduler(opt, t)
     averages, start = {}, 0
-    if (latest := latest_checkpoint(ckpt_dir)) is not None:
-        state = torch.load(latest, map_location=device, weights_only=True)
+    if (found := latest_checkpoint(ckpt_dir, device)) is not None:
+        latest, state = found
         model.load_state_dict(state["model_state_dict"])
         opt.load_state_dict(state["optimizer_state_dict"])
         sched.load_state_dict(state["scheduler_state_dict"])

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sfd.checkpoint import CheckpointError, first_mismatch
+from sfd.errors import MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ def _torch_load(path: Path):
         log.warning("%s: not loadable with weights_only=True; loading the full pickle", path)
         return torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"{path}: not a readable torch checkpoint (truncated?): {err}") from err
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated?): {err}") from None
 
 
 def load_texture_vae(path, arch: AEArch | dict | None = None) -> TextureVAE:
@@ -301,10 +302,10 @@ def load_texture_vae(path, arch: AEArch | dict | None = None) -> TextureVAE:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: texture VAE checkpoint not found")
+        raise MissingInputError(f"{path}: texture VAE checkpoint not found")
     ckpt = _torch_load(path)
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(ckpt).__name__}")
+        raise CheckpointError(f"{path}: expected a state dict, got {type(ckpt).__name__}")
     state = ckpt.get("state_dict", ckpt)
     state = {k: v.float() for k, v in state.items() if not k.startswith("loss.")}
     arch = AEArch.from_dict(arch if arch is not None else ckpt.get("arch"))
