@@ -35,7 +35,7 @@ LOCK_NAME = ".sfd-lock"
 # safetensors' save_file writes `.tmp` + 6 random characters next to its target, then renames it.
 _SAFETENSORS_TEMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
-_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
 
 
 class OutputError(UserError):

@@ -134,7 +134,7 @@ def pack(samples: Path, out: Path, *, seed: int, grid: Path | None, rows: int, p
     index = read_index(samples)
     for path in (out, grid) if grid is not None else (out,):
         require_writable(path)
-    require_free_space(out.parent, 2 * (images_bytes(index) + 8 * index["num_samples"]) + _ZIP_OVERHEAD)
+    require_free_space(out, 2 * (images_bytes(index) + 8 * index["num_samples"]) + _ZIP_OVERHEAD)
     sweep_temps(out.parent, out.name)
     with output_errors(out):
         fd, staging = temp_file(out, ".npy")

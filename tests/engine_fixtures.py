@@ -3,12 +3,15 @@ in the extraction format, a tiny texture VAE and a tiny SFD DiT experiment."""
 
 import copy
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from sfd.config import validate
+from sfd.io import is_temp
 
 # LightningDiT-P/1 with every SFD switch on, on a 4x4 grid of 4 texture + 4 semantic channels,
 # REPA onto 16-wide tokens after block 1.
@@ -84,3 +87,22 @@ def train_tiny(cfg_path: Path, latents: Path, run_dir: Path, until: int) -> Path
     cfg = validate(yaml.safe_load(Path(cfg_path).read_text()), "experiment")
     assert train(cfg, "tiny", latents, run_dir, until_step=until) == 0
     return run_dir
+
+
+def plant_leftovers(directory: Path, target: str) -> list[Path]:
+    """The temporary files a run killed while saving `target` leaves: a real one (a child process
+    SIGKILLed inside atomic_path) and one named as safetensors names its own."""
+    code = (f"import os, signal; from sfd.io import atomic_path\n"
+            f"with atomic_path({str(directory / target)!r}) as tmp:\n"
+            f"    tmp.write_bytes(b'half a file')\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    subprocess.run([sys.executable, "-c", code], env={**ENV, "PYTHONPATH": os.pathsep.join(sys.path)})
+    safetensors_tmp = directory / ".tmpAb12Cd"
+    safetensors_tmp.write_bytes(b"torn")
+    left = sorted(p for p in directory.iterdir() if is_temp(p))
+    assert len(left) == 2, left
+    return left
+
+
+def hidden_files(root: Path) -> list[str]:
+    """Hidden files anywhere under `root` (temporary files, locks): none may survive a finished run."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob(".*"))

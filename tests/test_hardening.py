@@ -1,0 +1,339 @@
+"""Hardening (issue 11): umask modes, full disk, unwritable outputs, temporary files of killed runs,
+one lock per output directory, and a table of bad inputs that each get one line, exit 2 and
+leave every file as it was. Kill-and-resume of each resumable command with its leftovers is in
+the command's own test file (test_train, test_generate, test_latents, test_semantic, test_semvae)
+and, for `sfd sample` killed at random moments, here."""
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from sfd import cli
+from sfd import io as sio
+from sfd.io import LockedError, OutputError, atomic_path, directory_lock, sweep_temps, torch_save, write_json
+
+from engine_fixtures import (ENV, make_latents, make_texture_vae, one_thread, plant_leftovers,  # noqa: F401
+                             tiny_experiment, train_tiny)
+
+
+def tree(root: Path) -> dict:
+    """{relative path: (size, mtime_ns) of a file, None for a folder} of everything under `root`."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None
+            for p in sorted(root.rglob("*"))}
+
+
+# ----------------------------------------------------------------------------
+# sfd.io: modes, full disk, unwritable outputs, temporary files, locks.
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        write_json({"a": 1}, tmp_path / "m.json")
+        with atomic_path(tmp_path / "s.npz") as tmp:
+            np.savez(tmp, x=np.zeros(3))
+        torch_save({"w": torch.zeros(2)}, tmp_path / "c.pt")
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == dict.fromkeys(
+        ["m.json", "s.npz", "c.pt"], mode)
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_disk_is_one_error_naming_the_file_and_leaves_the_old_file(tmp_path, monkeypatch):
+    write_json({"old": True}, tmp_path / "m.json")
+    monkeypatch.setattr(os, "fsync", _enospc)  # e.g. NFS reports ENOSPC at fsync
+    with pytest.raises(OutputError, match=r"m\.json: disk full while writing"):
+        write_json({"new": True}, tmp_path / "m.json")
+    monkeypatch.undo()
+    with pytest.raises(OutputError, match=r"s\.safetensors: disk full"):  # safetensors' Rust error text
+        with atomic_path(tmp_path / "s.safetensors"):
+            raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    class FullFile:  # torch.save reports a failed write as a RuntimeError without the errno
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            _enospc()
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: FullFile(real_fdopen(fd, mode)))
+    with pytest.raises(OutputError, match=r"c\.pt: disk full"):
+        torch_save({"w": torch.zeros(1000)}, tmp_path / "c.pt")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
+    assert json.loads((tmp_path / "m.json").read_text()) == {"old": True}
+
+
+def test_unwritable_output_is_one_error_naming_the_file(tmp_path, monkeypatch):
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(sio.tempfile, "mkstemp", denied)
+    with pytest.raises(OutputError, match=r"m\.json: cannot write here \(Permission denied\)"):
+        write_json({}, tmp_path / "m.json")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match="file/m.json: cannot write here"):
+        sio.require_writable(tmp_path / "file" / "m.json")
+    with pytest.raises(OutputError, match="is a directory"):
+        sio.require_writable(tmp_path)
+
+
+def test_sweep_removes_the_temporary_files_of_killed_writes_only(tmp_path):
+    left = plant_leftovers(tmp_path, "shard-00001.npz")
+    keep = ["shard-00000.npz", ".sfd-state.json", ".tmp", "x.tmp", ".tmpTooLong1"]
+    for name in keep:
+        (tmp_path / name).write_bytes(b"final")
+    assert sweep_temps(tmp_path, "other.npz") == []  # shared directories: only the named target's
+    assert sorted(sweep_temps(tmp_path)) == left
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+
+
+HOLDER = """
+import sys, time
+from sfd.io import directory_lock
+with directory_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_lock_refuses_a_second_run_naming_the_holder_and_a_killed_holder_never_blocks(tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE, text=True,
+                              env={**ENV, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(LockedError, match=rf"run: in use by pid {holder.pid} on .*; wait for that run"):
+            with directory_lock(run):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run / ".sfd-lock").exists()  # the killed holder's file stays, but its flock is gone
+    with directory_lock(run) as lock:
+        assert f"pid {os.getpid()} " in lock.read_text()
+    assert list(run.iterdir()) == []
+
+
+def test_lock_of_a_failed_run_removes_the_directories_it_created(tmp_path):
+    with pytest.raises(KeyError):
+        with directory_lock(tmp_path / "a" / "b"):
+            raise KeyError("bad input found after locking")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "c").write_text("")
+    with pytest.raises(OutputError, match="cannot write here"):
+        with directory_lock(tmp_path / "c" / "d"):
+            pass
+
+
+# ----------------------------------------------------------------------------
+# Bad inputs through the CLI: exit 2, one line naming the file, nothing created or changed.
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    from sfd.data.toy import save_npz
+
+    root = tmp_path_factory.mktemp("hard")
+    latents = make_latents(root / "latents")
+    cfg = tiny_experiment(sampling={"method": "euler", "num_steps": 2})
+    cfg["data"]["image_size"] = 16
+    cfg["models"]["other"] = {**cfg["models"]["tiny"], "model": {**cfg["models"]["tiny"]["model"],
+                                                                  "model_type": "LightningDiT-T/1"}}
+    (root / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    train_tiny(root / "exp.yaml", latents, root / "run", until=2)
+    make_texture_vae(root / "vae.pt")
+    rng = np.random.default_rng(0)
+    save_npz(root / "toy.npz", rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8), np.arange(8) % 4, list("abcd"))
+    corrupt = root / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "trunc.pt").write_bytes((root / "run" / "ema" / "0000002.pt").read_bytes()[:300])
+    (corrupt / "trunc.npz").write_bytes((root / "toy.npz").read_bytes()[:500])
+    (corrupt / "text.pt").write_text("not a checkpoint\n")
+    for name in ("no_index", "bad_shard"):
+        (corrupt / name).mkdir()
+        for p in latents.iterdir():
+            if name == "bad_shard" or p.name != "index.json":
+                (corrupt / name / p.name).write_bytes(p.read_bytes())
+    shard = corrupt / "bad_shard" / "shard-00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    (corrupt / "samples").mkdir()
+    (corrupt / "samples" / "index.json").write_text(json.dumps(
+        {"num_samples": 4, "num_classes": 4, "image_shape": [16, 16, 3],
+         "shards": [{"file": "shard-00000.npz", "start": 0, "stop": 4}]}))
+    (corrupt / "samples" / "shard-00000.npz").write_bytes(b"PK\x03\x04 torn")
+    (root / "a_file").write_text("")
+    return root
+
+
+def _sample_args(a, out, ckpt=None, model="tiny", latents=None, vae=None):
+    return ["sample", "--config", str(a / "exp.yaml"), "--model", model, "--ckpt",
+            str(ckpt or a / "run" / "ema" / "0000002.pt"), "--latents", str(latents or a / "latents"),
+            "--texture-vae", str(vae or a / "vae.pt"), "--out", str(out), "--num-samples", "8"]
+
+
+def _train_args(a, latents, run_dir, model="tiny"):
+    return ["train", "--config", str(a / "exp.yaml"), "--model", model, "--latents", str(latents),
+            "--run-dir", str(run_dir), "--until-step", "1"]
+
+
+BAD_INPUTS = {  # id -> (argv of the asset root, text the one line must hold)
+    "sample/truncated-ckpt": (lambda a: _sample_args(a, a / "out", ckpt=a / "corrupt" / "trunc.pt"),
+                              "trunc.pt: not a readable torch checkpoint"),
+    "sample/text-ckpt": (lambda a: _sample_args(a, a / "out", ckpt=a / "corrupt" / "text.pt"), "text.pt: "),
+    "sample/ckpt-of-another-size": (lambda a: _sample_args(a, a / "out", model="other"),
+                                    "0000002.pt (models.other): architecture mismatch"),
+    "sample/missing-ckpt": (lambda a: _sample_args(a, a / "out", ckpt=a / "nope.pt"), "nope.pt: no such file"),
+    "sample/truncated-vae": (lambda a: _sample_args(a, a / "out", vae=a / "corrupt" / "trunc.pt"), "trunc.pt"),
+    "sample/latents-without-stats": (lambda a: _sample_args(a, a / "out", latents=a / "corrupt"),
+                                     "latents_stats.pt: missing"),
+    "sample/unknown-model": (lambda a: _sample_args(a, a / "out", model="nope"), "models.nope: no such model"),
+    "sample/out-under-a-file": (lambda a: _sample_args(a, a / "a_file" / "out"), "a_file/out"),
+    "train/latents-without-index": (lambda a: _train_args(a, a / "corrupt" / "no_index", a / "out"),
+                                    "no_index/index.json: missing"),
+    "train/corrupt-latent-shard": (lambda a: _train_args(a, a / "corrupt" / "bad_shard", a / "out"),
+                                   "bad_shard/shard-00000.safetensors: unreadable shard"),
+    "train/missing-latents": (lambda a: _train_args(a, a / "nope", a / "out"), "nope/index.json: missing"),
+    "train/unknown-model": (lambda a: _train_args(a, a / "latents", a / "out", model="nope"), "models.nope"),
+    "train/run-dir-under-a-file": (lambda a: _train_args(a, a / "latents", a / "a_file" / "run"), "a_file/run"),
+    "train-tokenizer/truncated-npz": (lambda a: ["train-tokenizer", "--config", str(a / "exp.yaml"), "--data",
+                                                 str(a / "corrupt" / "trunc.npz"), "--out", str(a / "out.pt")],
+                                      "trunc.npz: not a readable npz"),
+    "extract-latents/truncated-npz": (lambda a: ["extract-latents", "--config", str(a / "exp.yaml"), "--data",
+                                                 str(a / "corrupt" / "trunc.npz"), "--texture-vae",
+                                                 str(a / "vae.pt"), "--semvae", str(a / "nope.pt"), "--out",
+                                                 str(a / "out")], "trunc.npz: not a readable npz"),
+    "extract-latents/missing-semvae": (lambda a: ["extract-latents", "--config", str(a / "exp.yaml"), "--data",
+                                                  str(a / "toy.npz"), "--texture-vae", str(a / "vae.pt"),
+                                                  "--semvae", str(a / "nope.pt"), "--out", str(a / "out")],
+                                       "nope.pt: no such file"),
+    "extract-features/truncated-encoder": (lambda a: ["extract-features", "--config", str(a / "exp.yaml"),
+                                                      "--data", str(a / "toy.npz"), "--encoder",
+                                                      str(a / "corrupt" / "trunc.pt"), "--out", str(a / "out")],
+                                           "trunc.pt: not a readable encoder weights file"),
+    "train-semvae/features-without-index": (lambda a: ["train-semvae", "--config", str(a / "exp.yaml"),
+                                                       "--features", str(a / "corrupt"), "--out",
+                                                       str(a / "out.pt")], "corrupt/index.json: no features"),
+    "latent-stats/latents-without-index": (lambda a: ["latent-stats", "--config", str(a / "exp.yaml"),
+                                                      "--latents", str(a / "corrupt" / "no_index")],
+                                           "no_index/index.json: missing"),
+    "pack/no-index": (lambda a: ["pack", "--config", str(a / "exp.yaml"), "--samples", str(a / "corrupt"),
+                                 "--out", str(a / "out.npz")], "corrupt/index.json: no sample index"),
+    "pack/torn-shard": (lambda a: ["pack", "--config", str(a / "exp.yaml"), "--samples",
+                                   str(a / "corrupt" / "samples"), "--out", str(a / "out.npz")],
+                        "shard-00000.npz: unreadable sample shard"),
+    "pack/out-under-a-file": (lambda a: ["pack", "--config", str(a / "exp.yaml"), "--samples",
+                                         str(a / "corrupt" / "samples"), "--out", str(a / "a_file" / "o.npz")],
+                              "a_file/o.npz: cannot write here"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(assets, case, capsys):
+    argv, needle = BAD_INPUTS[case]
+    before = tree(assets)
+    assert cli.main(argv(assets)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 or not any("Traceback" in line for line in err), err
+    line = [x for x in err if x.startswith(f"sfd {case.split('/')[0]}: error: ")]
+    assert len(line) == 1 and needle in line[0], err
+    assert tree(assets) == before
+
+
+def test_pack_refuses_a_full_disk_before_writing_and_never_dies_of_sigbus(assets, tmp_path, monkeypatch):
+    from sfd.generate import sample
+    from sfd.config import validate
+    from sfd.pack import pack
+
+    cfg = validate(yaml.safe_load((assets / "exp.yaml").read_text()), "experiment")
+    sample(cfg, "tiny", assets / "run" / "ema" / "0000002.pt", assets / "latents", assets / "vae.pt",
+           tmp_path / "s", num_samples=8)
+    usage = sio.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(sio.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    with pytest.raises(OutputError, match=r"out\.npz: needs 0 MiB, only 0 MiB free"):
+        pack(tmp_path / "s", tmp_path / "out" / "out.npz", seed=1, grid=None, rows=1, per_class=1)
+    monkeypatch.undo()
+    monkeypatch.setattr(os, "posix_fallocate", _enospc)  # the disk fills up after the check
+    with pytest.raises(OutputError, match=r"sfd-tmp\.npy: disk full"):
+        pack(tmp_path / "s", tmp_path / "out" / "out.npz", seed=1, grid=None, rows=1, per_class=1)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+# ----------------------------------------------------------------------------
+# `sfd sample`: check before writing, and kills at random moments.
+
+
+def test_sample_with_a_wrong_checkpoint_writes_nothing_and_the_corrected_rerun_works(assets, tmp_path):
+    out = tmp_path / "s"
+    assert cli.main(_sample_args(assets, out, ckpt=assets / "corrupt" / "trunc.pt")) == 2
+    assert not out.exists()
+    out.mkdir()
+    assert cli.main(_sample_args(assets, out, model="other")) == 2
+    assert list(out.iterdir()) == []
+    assert cli.main(_sample_args(assets, out)) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["index.json", "meta.json", "shard-00000.npz"]
+
+
+def test_sample_killed_at_random_moments_resumes_bit_equal_with_no_leftovers(assets, tmp_path):
+    """SIGKILL at seeded random moments (after a random number of finished shards), plus a torn
+    shard and the temporary files of a kill during a save; the rerun redoes what is missing or
+    unreadable, and the directory equals an uninterrupted run's, byte for byte."""
+    cfg = yaml.safe_load((assets / "exp.yaml").read_text())
+    cfg["sampling"].update(num_steps=40, num_samples=40)  # 5 shards, long enough to be killed in
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    reference, out = tmp_path / "reference", tmp_path / "killed"
+
+    def args(where):
+        return ["sample", "--config", str(tmp_path / "exp.yaml"), *_sample_args(assets, where)[3:-2]]
+
+    assert cli.main(args(reference)) == 0
+    cmd = [sys.executable, "-m", "sfd", *args(out)]
+    rng = random.Random(11)
+    killed = []
+    for _ in range(2):
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shards = len(list(out.glob("shard-*.npz"))) + rng.randrange(2)
+        while len(list(out.glob("shard-*.npz"))) < shards and proc.poll() is None:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        killed.append(proc.wait())
+    assert killed == [-signal.SIGKILL] * 2 and not (out / "index.json").exists(), "a run finished unkilled"
+    torn = out / "shard-00000.npz"
+    torn.write_bytes(torn.read_bytes()[:200])
+    plant_leftovers(out, "shard-00004.npz")
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "redoing" in done.stderr and "removed 2 temporary file(s)" in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
+    for path in reference.glob("shard-*.npz"):
+        assert path.read_bytes() == (out / path.name).read_bytes(), path.name
+    index = {k: v for k, v in json.loads((out / "index.json").read_text()).items() if not k.endswith("_path")}
+    assert index == {k: v for k, v in json.loads((reference / "index.json").read_text()).items()
+                     if not k.endswith("_path")}
