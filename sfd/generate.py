@@ -15,9 +15,11 @@ pitfalls 7 and 11):
 Sampling runs in fp32 without TF32 (the official code enables TF32), with the EMA weights.
 
 Output directory: `shard-XXXXX.npz` (images uint8 [n,H,W,3], labels, indices, nfe per batch) written
-atomically, `meta.json` (what is being sampled, checked on resume) first and `index.json` last.
-Resume = run the same command again: existing shards are kept and the missing ones made, so the
-final set is identical to an uninterrupted run.
+atomically, `meta.json` (what is being sampled, checked on resume) first and `index.json` last;
+every checkpoint is loaded into its model before anything is written, and the directory is locked
+while a run works in it. Resume = run the same command again: existing shards are kept, the
+missing and unreadable ones made (with a warning), so the final set is identical to an
+uninterrupted run.
 """
 
 import hashlib

@@ -50,6 +50,14 @@ class LockedError(UserError):
 # Write failures a user can act on.
 
 
+def _size(nbytes: int) -> str:
+    """1000 B, 136.5 KiB, 9.8 GiB."""
+    if nbytes < 1024:
+        return f"{nbytes} B"
+    exponent, unit = next((e, u) for e, u in ((3, "GiB"), (2, "MiB"), (1, "KiB")) if nbytes >= 1024**e)
+    return f"{nbytes / 1024**exponent:.1f} {unit}"
+
+
 def _free_bytes(path: Path) -> int:
     return shutil.disk_usage(_existing_ancestor(path)).free
 
@@ -77,8 +85,8 @@ def output_errors(path):
     except Exception as err:
         code = _errno(err)
         if code in _DISK_FULL:
-            raise OutputError(f"{path}: disk full while writing ({_free_bytes(Path(path).parent) >> 20} MiB "
-                              "free there); free some space and rerun") from None
+            raise OutputError(f"{path}: disk full while writing ({_size(_free_bytes(Path(path).parent))} free "
+                              "there); free some space and rerun") from None
         if code in _NOT_WRITABLE:
             raise OutputError(f"{path}: cannot write here ({os.strerror(code)}); fix the permissions or "
                               "choose another output path") from None
@@ -101,8 +109,8 @@ def require_free_space(path, nbytes: int) -> None:
     """Check that the file system `path` would go to has `nbytes` free (known output sizes)."""
     free = _free_bytes(path)
     if free < nbytes:
-        raise OutputError(f"{path}: needs {nbytes >> 20} MiB, only {free >> 20} MiB free there; free some "
-                          "space or choose another output path")
+        raise OutputError(f"{path}: needs {_size(nbytes)}, only {_size(free)} free there; free some space "
+                          "or choose another output path")
 
 
 # ----------------------------------------------------------------------------

@@ -58,10 +58,9 @@ def images_bytes(index: dict) -> int:
 def staging_map(staging: Path, n: int, shape: tuple) -> np.memmap:
     """A writable [n, *shape] uint8 .npy map whose blocks are allocated on disk: writes into a
     sparse map on a full disk kill the process with SIGBUS instead of raising."""
-    with output_errors(staging):
-        images = np.lib.format.open_memmap(staging, mode="w+", dtype=np.uint8, shape=(n, *shape))
-        with open(staging, "rb+") as f:
-            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    images = np.lib.format.open_memmap(staging, mode="w+", dtype=np.uint8, shape=(n, *shape))
+    with open(staging, "rb+") as f:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
     return images
 
 
@@ -140,7 +139,8 @@ def pack(samples: Path, out: Path, *, seed: int, grid: Path | None, rows: int, p
         fd, staging = temp_file(out, ".npy")
     os.close(fd)
     try:
-        images, labels = load_ordered(samples, index, staging)
+        with output_errors(out):  # the staging copy's writes: shards that cannot be read are InputErrors
+            images, labels = load_ordered(samples, index, staging)
         write_adm_npz(out, images, labels, class_mixing_permutation(len(labels), seed))
         if grid is not None:
             write_grid(grid, images, labels, grid_classes(labels, index["num_classes"], rows), per_class)

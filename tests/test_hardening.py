@@ -6,6 +6,7 @@ and, for `sfd sample` killed at random moments, here."""
 
 import errno
 import json
+import logging
 import os
 import random
 import signal
@@ -25,6 +26,16 @@ from sfd.io import LockedError, OutputError, atomic_path, directory_lock, sweep_
 
 from engine_fixtures import (ENV, make_latents, make_texture_vae, one_thread, plant_leftovers,  # noqa: F401
                              tiny_experiment, train_tiny)
+
+
+@pytest.fixture(autouse=True)
+def keep_pytest_logging():
+    """`cli.main` sets up logging for a command (force=True): give pytest its handlers back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def tree(root: Path) -> dict:
@@ -276,11 +287,11 @@ def test_pack_refuses_a_full_disk_before_writing_and_never_dies_of_sigbus(assets
            tmp_path / "s", num_samples=8)
     usage = sio.shutil.disk_usage(tmp_path)
     monkeypatch.setattr(sio.shutil, "disk_usage", lambda p: usage._replace(free=1000))
-    with pytest.raises(OutputError, match=r"out\.npz: needs 0 MiB, only 0 MiB free"):
+    with pytest.raises(OutputError, match=r"out\.npz: needs 76\.1 KiB, only 1000 B free"):
         pack(tmp_path / "s", tmp_path / "out" / "out.npz", seed=1, grid=None, rows=1, per_class=1)
     monkeypatch.undo()
     monkeypatch.setattr(os, "posix_fallocate", _enospc)  # the disk fills up after the check
-    with pytest.raises(OutputError, match=r"sfd-tmp\.npy: disk full"):
+    with pytest.raises(OutputError, match=r"out\.npz: disk full"):
         pack(tmp_path / "s", tmp_path / "out" / "out.npz", seed=1, grid=None, rows=1, per_class=1)
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -337,3 +348,16 @@ def test_sample_killed_at_random_moments_resumes_bit_equal_with_no_leftovers(ass
     index = {k: v for k, v in json.loads((out / "index.json").read_text()).items() if not k.endswith("_path")}
     assert index == {k: v for k, v in json.loads((reference / "index.json").read_text()).items()
                      if not k.endswith("_path")}
+
+
+def test_launch_never_wipes_the_directory_of_a_running_command(tmp_path):
+    from sfd.workflow import launch
+
+    state = tmp_path / "run"
+    assert launch.prepare_state(state, "a" * 64) is False
+    (state / "checkpoint.pt").write_text("partial")
+    with directory_lock(state):
+        with pytest.raises(LockedError, match="run: in use by pid"):
+            launch.prepare_state(state, "b" * 64)
+    assert (state / "checkpoint.pt").exists()
+    assert launch.prepare_state(state, "b" * 64) is False and list(state.iterdir()) == [state / launch.STAMP]
