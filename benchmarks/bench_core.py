@@ -8,7 +8,7 @@ For each size (in_chans 48, semantic_chans 16, delta_t 0.3, REPA on, untrained b
 Sampling time per image is NFE × forward / batch plus the solver's own overhead (measured on a
 zero field), not a timed full solve: a full solve of B/1 at batch 8 takes many minutes on a small
 CPU. The NFE comes from a real `ode_sample` run. An initialised model predicts exactly zero
-velocity (its output layer is zero-initialised, spec §2.5); when the check below confirms this,
+velocity (its output layer is zero-initialised, docs/method.md §2.5); when the check below confirms this,
 the solve is run on a zero field, which gives the identical step sequence and NFE at no model
 cost. An untrained model's dopri5 NFE is NOT the NFE of a trained model.
 

@@ -1,4 +1,4 @@
-"""Read DiT weights from any of the released / training checkpoint layouts (spec §2.7, §7.5).
+"""Read DiT weights from any of the released / training checkpoint layouts (docs/method.md §2.7, §7.5).
 
 Three layouts exist: `{'ema': state_dict}` (our EMA exports and, probably, the released files),
 a full training dict `{'model', 'ema', 'opt', 'config', ...}`, and a bare state dict. Only the EMA

@@ -43,8 +43,8 @@ COMMANDS = {
     "sample-run": ("sfd.workflow.sample_run", "`sfd sample` for one run of the experiment (settings read from runs.<run>)."),
     "fetch-released": ("sfd.workflow.fetch_released", "Download one released SFD checkpoint named by the experiment's `released` section."),
     "launch": ("sfd.workflow.launch", "Run a resumable command on all devices of the job (torchrun/srun), guarding its state dir."),
-    "tables": ("sfd.workflow.tables", "Build results/<table>.csv: measured metrics beside the paper's numbers."),
-    "plots": ("sfd.workflow.plots", "Draw a paper figure (FID vs delta_t or vs iterations) from its results CSV."),
+    "table": ("sfd.workflow.table", "Build results/<table>.csv: measured metrics beside the paper's numbers."),
+    "plot": ("sfd.workflow.plot", "Draw a paper figure (FID vs delta_t or vs iterations) from its results CSV."),
     "dvc-yaml": ("sfd.workflow.dvc_yaml", "Generate dvc.yaml from the Snakemake DAG (--check: fail when stale)."),
 }
 

@@ -1,13 +1,13 @@
 """Asynchronous (semantic-first) flow matching: interpolant, time sampling and training loss.
 
-SFD (arXiv 2512.04926) spec §3. A linear path runs from noise (t = 0) to data (t = 1) with target
+SFD (arXiv 2512.04926), docs/method.md §3. A linear path runs from noise (t = 0) to data (t = 1) with target
 velocity u = x1 - x0. The semantic channels (the LAST `semantic_chans` of the latent) run `delta_t`
 ahead of the texture channels on one global clock tau = t·(1 + delta_t):
 
     t_sem = min(tau, 1),    t_tex = max(tau - delta_t, 0).
 
-Training draws one base t per sample (pitfall 4) and regresses x1 - x0 on every channel in every
-phase: a clamped branch is NOT masked out of the loss (pitfall 3). With delta_t == 0 the schedule is
+Training draws one base t per sample (docs/method.md §7.4) and regresses x1 - x0 on every channel in every
+phase: a clamped branch is NOT masked out of the loss (docs/method.md §7.3). At delta_t = 0 the schedule is
 synchronous and the model receives a plain [B] tensor t instead of the tuple (t_tex, t_sem).
 """
 
@@ -21,7 +21,7 @@ def check_schedule(delta_t: float, semantic_chans: int, channels: int) -> None:
     """Reject a (delta_t, semantic_chans) pair the asynchronous schedule cannot use.
 
     delta_t = 1.0 is allowed (the paper's Δt ablation has it; the official assert 0 < Δt < 1
-    forbids it, pitfall 16).
+    forbids it, docs/method.md §7.16).
     """
     if not 0.0 <= delta_t <= 1.0:
         raise ValueError(f"delta_t must lie in [0, 1], got {delta_t}")
@@ -38,7 +38,7 @@ def interpolate(t: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor):
 
 
 def sample_logit_normal(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """n base times t = sigmoid(z), z ~ N(0, 1) (spec §3.2), float32 on the generator's device.
+    """n base times t = sigmoid(z), z ~ N(0, 1) (docs/method.md §3.2), float32 on the generator's device.
 
     Drawn and squashed in float64, then rounded to float32, like the official scipy path. The
     official code draws z from NumPy's unseeded global RNG; a torch.Generator makes runs seedable.
@@ -101,7 +101,7 @@ def training_losses(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> dict:
-    """SFD training losses for a batch of normalised latents x1 [B, C, H, W] (spec §3.4).
+    """SFD training losses for a batch of normalised latents x1 [B, C, H, W] (docs/method.md §3.4).
 
     Returns per-sample [B] terms `mse` (squared error averaged over all elements, the last
     `semantic_chans` channels weighted by `semantic_weight`), `cos` (1 - cosine over channels,

@@ -1,8 +1,8 @@
-"""`sfd sample`: the N-sample evaluation set of one (model, checkpoint, guidance) (spec §4.4).
+"""`sfd sample`: the N-sample evaluation set of one (model, checkpoint, guidance) (docs/method.md §4.4).
 
 Every sample is a pure function of its global index g, so the output does not depend on how many
 devices made it (the official inference.py seeds by rank and sizes batches by world size,
-pitfalls 7 and 11):
+docs/method.md §7.7, §7.11):
   * label(g) = floor(g · num_classes / N): balanced, N / num_classes per class when divisible, in
     class order (the official g // 50 for N = 50,000);
   * noise(g) = randn from a CPU generator seeded by (seed, g), then moved to the device, so CUDA, NPU
@@ -36,14 +36,19 @@ from tqdm import tqdm
 
 from sfd import distributed as dist
 from sfd.checkpoint import CheckpointError
+from sfd.config import ConfigError
 from sfd.errors import InputError
-from sfd.config import ConfigError, load_experiment
 from sfd.io import atomic_path, sha256, write_json
 from sfd.latents import denormalize_texture, load_stats
+from sfd.reads import view
 from sfd.sampling import ode_sample
 from sfd.tokenizers import load_texture_vae
 
 log = logging.getLogger("sfd.generate")
+
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('data.num_classes', 'latents.multiplier', 'models.{model}.model', 'models.{guide}.model', 'sampling.method', 'sampling.num_steps', 'sampling.atol', 'sampling.rtol', 'sampling.timestep_shift', 'sampling.batch_size', 'sampling.shard_size', 'sampling.seed', 'sampling.cfg_interval_start', 'sampling.num_samples', 'sampling.guidance', 'sampling.cfg_scale')
+ALSO_READS = ('device',)
 
 INDEX_VERSION = 1
 
@@ -337,9 +342,9 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    cfg = load_experiment(args.config)
+    cfg = view(args.config, __name__, model=args.model, guide=args.guide_model)
     if args.device:
-        cfg["device"] = args.device
+        cfg = cfg.replace("device", args.device)
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
     return sample(

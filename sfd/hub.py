@@ -25,6 +25,9 @@ from sfd.errors import UserError
 
 log = logging.getLogger(__name__)
 
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('{key}',)
+
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -126,19 +129,6 @@ def download(
     return out_path
 
 
-def _lookup(cfg: dict, key: str, source: str) -> dict:
-    from sfd.config import ConfigError
-
-    node = cfg
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise ConfigError(f"{source}: no key {key!r}")
-        node = node[part]
-    if not isinstance(node, dict) or not {"repo_id", "filename"} <= set(node):
-        raise ConfigError(f"{source}: {key} must be a mapping with repo_id and filename, got {node!r}")
-    return node
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="where the file goes")
     parser.add_argument("--config", help="experiment YAML; with --key, take repo/file from it")
@@ -151,12 +141,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from sfd.config import ConfigError, load_experiment
+    from sfd.config import ConfigError
+    from sfd.reads import get, view
 
     if args.key:
         if not args.config:
             raise ConfigError("--key needs --config")
-        spec = _lookup(load_experiment(args.config), args.key, args.config)
+        spec = get(view(args.config, __name__, key=args.key), args.key, args.config)
+        if not isinstance(spec, dict) or not {"repo_id", "filename"} <= set(spec):
+            raise ConfigError(f"{args.config}: {args.key} must be a mapping with repo_id and filename, got {spec!r}")
     elif args.repo_id and args.filename:
         spec = {"repo_id": args.repo_id, "filename": args.filename, "revision": args.revision,
                 "repo_type": args.repo_type, "sha256": args.sha256}

@@ -1,8 +1,8 @@
-"""`sfd pack`: sample shards -> the ADM evaluator's npz, plus a sample grid PNG (spec §4.4).
+"""`sfd pack`: sample shards -> the ADM evaluator's npz, plus a sample grid PNG (docs/method.md §4.4).
 
 The npz holds `arr_0` uint8 [N, H, W, 3] and the labels as `arr_1`, in a seeded class-mixing
 permutation: the ADM Inception Score averages over consecutive splits of 5,000 images, so
-class-sorted files would score differently (pitfall 17). The permutation is
+class-sorted files would score differently (docs/method.md §7.17). The permutation is
 `numpy.random.Generator(PCG64(pack_seed)).permutation(N)` of the index-ordered set, so unlike the
 official `os.walk` + `random.shuffle(42)` it does not depend on the filesystem. Entries are stored
 uncompressed with a fixed zip timestamp, so the same samples give the same bytes (and sha256).
@@ -22,11 +22,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sfd.config import ConfigError, load_experiment
+from sfd.config import ConfigError
 from sfd.errors import InputError
 from sfd.io import atomic_path, output_errors, require_free_space, require_writable, sweep_temps, temp_file
+from sfd.reads import view
 
 log = logging.getLogger("sfd.pack")
+
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('sampling.pack_seed', 'sampling.grid_classes', 'sampling.grid_per_class')
 
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _CHUNK = 1024
@@ -160,7 +164,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    scfg = load_experiment(args.config)["sampling"]
+    scfg = view(args.config, __name__)["sampling"]
     pack(args.samples, args.out, seed=scfg["pack_seed"], grid=args.grid,
          rows=scfg["grid_classes"], per_class=scfg["grid_per_class"])
     print(f"wrote {args.out}" + (f" and {args.grid}" if args.grid else ""))

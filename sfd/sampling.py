@@ -1,4 +1,4 @@
-"""Semantic-first ODE sampling with classifier-free guidance and AutoGuidance (spec §4).
+"""Semantic-first ODE sampling with classifier-free guidance and AutoGuidance (docs/method.md §4).
 
 The state z [B, C, H, W] (texture channels first, the last `semantic_chans` semantic) is
 integrated over global time tau in [0, 1 + delta_t] with torchdiffeq. The drift is the model's
@@ -27,7 +27,7 @@ METHODS = {"dopri5": "dopri5", "euler": "euler", "heun": "heun2", "midpoint": "m
 def time_grid(num_steps: int, delta_t: float, timestep_shift: float = 0.0) -> torch.Tensor:
     """Output grid over [0, 1 + delta_t] (float32), optionally warped by the timestep shift s.
 
-    Shift (s > 0, spec §4.2): divide by (1 + delta_t), map t -> s·t / (1 + (s - 1)·t), multiply back.
+    Shift s > 0 (docs/method.md §4.2): divide by 1 + delta_t, map t -> s·t / (1 + (s - 1)·t), multiply back.
     """
     if num_steps < 2:
         raise ValueError(f"num_steps must be at least 2, got {num_steps}")
@@ -81,7 +81,7 @@ def ode_sample(
 ) -> torch.Tensor:
     """Integrate noise [B, C, H, W] to tau = 1 + delta_t; returns the final latent (all channels).
 
-    Guidance acts only when cfg_scale > 1 (spec §4.3), with scale cfg_scale_tex / cfg_scale_sem
+    Guidance acts only when cfg_scale > 1 (docs/method.md §4.3), with scale cfg_scale_tex / cfg_scale_sem
     (default cfg_scale) on the texture / semantic slice:
       * CFG (guide_model None): the batch is doubled with the null label (`null_label`, default
         the model's `y_embedder.num_classes`); v = v_null + s·(v_cond - v_null).

@@ -1,10 +1,10 @@
-"""`sfd train`: the SFD DiT training loop (spec §3.5), one loop for every model size.
+"""`sfd train`: the SFD DiT training loop (docs/method.md §3.5), one loop for every model size.
 
 Launched the same way everywhere: `sfd train ...` is a world of 1, `torchrun --nproc-per-node=G
 [--nnodes=N ...] -m sfd train ...` is DDP over all ranks (NCCL / HCCL / gloo by device). The global
 batch is split evenly across ranks.
 
-Reproducibility is engineered, not hoped for (the official train.py seeds nothing, pitfall 13):
+Reproducibility is engineered, not hoped for (the official train.py seeds nothing, docs/method.md §7.13):
   * step s sees global batch s of an endless stream of per-epoch permutations seeded by
     (seed, epoch), so the data position is a pure function of the step;
   * every step reseeds from (seed, rank, step): one generator draws the noise and t, torch's global
@@ -42,16 +42,19 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from sfd import distributed as dist
-from sfd.config import ConfigError, load_experiment
+from sfd.config import ConfigError
 from sfd.device import autocast, autocast_dtype
 from sfd.io import torch_save, write_text
+from sfd.reads import plain, view
 
 EXIT_SUSPENDED = 75  # EX_TEMPFAIL: checkpointed on request, run again to continue
 CKPT_FORMAT = 1
-# Train keys that do not change the trajectory (cadences, budgets, loader processes).
-_SCHEDULE_KEYS = {"budgets", "ckpt_every", "keep_steps", "log_every", "num_workers"}
 
 log = logging.getLogger("sfd.train")
+
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('seed', 'data.num_classes', 'latents.multiplier', 'models.{model}.model', 'models.{model}.train.global_batch_size', 'models.{model}.train.lr', 'models.{model}.train.beta2', 'models.{model}.train.weight_decay', 'models.{model}.train.ema_decay', 'models.{model}.train.use_cosine_loss', 'models.{model}.train.use_lognorm', 'models.{model}.train.mixed_precision', 'models.{model}.train.seed_offset')
+ALSO_READS = ('device', 'models.{model}.train.budgets', 'models.{model}.train.ckpt_every', 'models.{model}.train.keep_steps', 'models.{model}.train.log_every', 'models.{model}.train.num_workers')
 
 # ----------------------------------------------------------------------------
 # Seeds and data order: pure functions of (seed, rank, step) / (seed, epoch).
@@ -201,7 +204,7 @@ def check_compatible(state: dict, ckpt: Path, identity: dict, source: str) -> No
 def run_identity(cfg: dict, model_name: str, num_classes: int, input_size: int, num_items: int) -> dict:
     """Everything that fixes the training trajectory; a resumed run must agree on all of it."""
     run = cfg["models"][model_name]
-    recipe = {k: v for k, v in run["train"].items() if k not in _SCHEDULE_KEYS}
+    recipe = {k: v for k, v in run["train"].items() if f"models.{{model}}.train.{k}" in READS}
     return {"model_name": model_name, "model": run["model"], "recipe": recipe, "seed": cfg["seed"],
             "num_classes": num_classes, "input_size": input_size, "num_items": num_items}
 
@@ -284,7 +287,7 @@ def _train(cfg: dict, model_name: str, latents: Path, run_dir: Path, *, until_st
     step = restore(run_dir, target, init_from, identity, model, ema, opt, world, source)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(yaml.safe_dump(cfg, sort_keys=False), run_dir / "config.yaml")
+        write_text(yaml.safe_dump(plain(cfg), sort_keys=False), run_dir / "config.yaml")
         _truncate_log(run_dir / "log.jsonl", step)
     sampler = StepBatches(len(dataset), tcfg["global_batch_size"], rank, world, seed, step, target)
     if step == target:  # done before (or --init-from is the target): make sure both outputs exist here
@@ -421,7 +424,7 @@ def _save(run_dir, step, model, ema, opt, cfg, identity, sampler, world, device)
             "world_size": world,
             "model_name": identity["model_name"],
             "identity": identity,
-            "config": cfg,
+            "config": plain(cfg),
         },
         ckpt_path(run_dir, step),
     )
@@ -476,9 +479,9 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    cfg = load_experiment(args.config)
+    cfg = view(args.config, __name__, model=args.model)
     if args.device:
-        cfg["device"] = args.device
+        cfg = cfg.replace("device", args.device)
     if args.until_step is not None and args.until_step < 1:
         raise ConfigError(f"--until-step must be >= 1, got {args.until_step}")
     return train(cfg, args.model, args.latents, args.run_dir, until_step=args.until_step,

@@ -1,4 +1,4 @@
-"""Checkpoint loading (spec §2.7, §7.5): the three released/training layouts, the safe-load
+"""Checkpoint loading (docs/method.md §2.7, §7.5): the three released/training layouts, the safe-load
 policy, wrapper prefixes, and errors that name the file and the offending key."""
 
 import pytest

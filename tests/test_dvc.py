@@ -48,7 +48,7 @@ def test_stages_mirror_the_jobs(tmp_path):
     assert stages["table-table_fid"]["outs"] == ["results/table_fid.csv"]
     pack = stages["pack-big_20"]
     assert pack["plots"] == ["outputs/mini/samples/big_20.png"] and "persist" not in str(pack)
-    assert stages["sample-big_40_ag"]["params"][0]["mini.yaml"][:3] == ["runs.big_40_ag", "models.big.model",
+    assert stages["sample_run-big_40_ag"]["params"][0]["mini.yaml"][:3] == ["runs.big_40_ag", "models.big.model",
                                                                         "models.small.model"]
 
 
@@ -81,7 +81,7 @@ def test_dvc_reruns_exactly_the_stages_below_a_changed_parameter(toy):
     assert line in text
     config.write_text(text.replace(line, line.replace("scale: 1.5", "scale: 1.8")))
     out = run(["dvc", "repro"], cwd=toy).stdout
-    assert ran_stages(out) == {"sample-p_200_ag", "pack-p_200_ag", "evaluate-p_200_ag", "table-table_fid",
+    assert ran_stages(out) == {"sample_run-p_200_ag", "pack-p_200_ag", "evaluate-p_200_ag", "table-table_fid",
                                "table-table2_system", "table-readme_guidance"}
     # one stage by name: a deleted output comes back from DVC's cache; --force reruns just that stage
     figure = toy / "results" / "fig_convergence.png"

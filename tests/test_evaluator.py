@@ -78,7 +78,7 @@ def test_cli_writes_nothing_on_bad_input(tmp_path, capsys):
             str(tmp_path / "ref.npz"),
             "--detector",
             str(tmp_path / "missing.pb"),
-            "--output",
+            "--out",
             str(out),
             "--csv",
             str(tmp_path / "m.csv"),
@@ -127,7 +127,7 @@ def test_unwritable_output_is_refused_before_any_work(tmp_path, capsys, monkeypa
     monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path / "ro" and real_access(p, mode))
     (tmp_path / "ro").mkdir()
     argv = ["evaluate", str(tmp_path / "s.npz"), "--reference", str(tmp_path / "s.npz"), "--detector",
-            str(tmp_path / "missing.pb"), "--output", str(tmp_path / "ro" / "m.json")]
+            str(tmp_path / "missing.pb"), "--out", str(tmp_path / "ro" / "m.json")]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "ro/m.json: cannot write here" in err and "missing.pb" not in err
@@ -671,7 +671,7 @@ def toy_run(tmp_path_factory):
         cfg,
         "--label",
         "toy",
-        "--output",
+        "--out",
         "m.json",
         "--csv",
         "m.csv",
@@ -812,7 +812,7 @@ def test_adm_published_numbers(tmp_path):
         root / names[0],
         "--label",
         "inception",
-        "--output",
+        "--out",
         tmp_path / "adm.json",
         "--cache-dir",
         tmp_path / "cache",

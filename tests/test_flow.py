@@ -42,7 +42,7 @@ class Analytic(torch.nn.Module):
 
 
 def numpy_losses(model, x1, x0, t, delta_t, sem, weight, target, mode, repa_weight):
-    """Spec §3.3–3.4 written directly in numpy (float64)."""
+    """docs/method.md §3.3–3.4 written directly in numpy (float64)."""
     a, b, proj = (p.detach().double().numpy() for p in (model.a, model.b, model.proj))
     x1, x0, t = x1.double().numpy(), x0.double().numpy(), t.double().numpy()
     channels = x1.shape[1]
@@ -156,7 +156,7 @@ def test_terms_total_and_gradients():
     model = Analytic()
     out = training_losses(model, x1, None, delta_t=0.3, semantic_chans=2, repa_target=target,
                           use_cosine_loss=False, t=torch.tensor([0.2, 0.4, 0.8]), noise=x0)
-    assert set(out) == {"mse", "repa", "total", "t", "t_tex", "t_sem"}  # REPA kept without cos (pitfall 15)
+    assert set(out) == {"mse", "repa", "total", "t", "t_tex", "t_sem"}  # kept: docs/method.md §7.15
     torch.testing.assert_close(out["total"], out["mse"].mean() + out["repa"].mean())
     out["total"].backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

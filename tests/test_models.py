@@ -1,4 +1,4 @@
-"""LightningDiT-SFD (spec §2): sizes, parameter counts, released key layout and the conventions
+"""LightningDiT-SFD (docs/method.md §2): sizes, parameter counts, released key layout and the conventions
 that a checkpoint would not catch (time order, embedding layouts, RoPE pairing)."""
 
 import math
@@ -28,7 +28,7 @@ SFD = dict(
     repa_feat_depth=2,
 )
 
-# Spec §2.6 in=48, p=1, dual t-embedders: (params without REPA projector and pos_embed,
+# docs/method.md §2.6 in=48, p=1, dual t-embedders: (params without REPA projector and pos_embed,
 # all parameters), in millions rounded to 0.1, and the exact integers they round.
 PAPER_COUNTS = {
     "S": (32.8, 39.5, 32_827_056, 39_483_824),
@@ -112,7 +112,7 @@ def test_swiglu_hidden_width_per_spec():
 
 
 # --------------------------------------------------------------------------------------------
-# Released layout (spec §2.7)
+# Released layout (docs/method.md §2.7)
 
 
 def test_released_state_dict_layout_xl():
@@ -326,7 +326,7 @@ def test_bad_input_shape_is_named():
 
 
 # --------------------------------------------------------------------------------------------
-# Embedding conventions (spec §2.1–2.3, §7.2)
+# Embedding conventions (docs/method.md §2.1–2.3, §7.2)
 
 
 def test_pos_embed_first_half_encodes_column():

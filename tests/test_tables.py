@@ -1,4 +1,4 @@
-"""`sfd tables` / `sfd plots` and the paper's numbers they carry."""
+"""`sfd table` / `sfd plot` and the paper's numbers they carry."""
 
 import copy
 import csv
@@ -10,7 +10,7 @@ import pytest
 from workflow_helpers import MINI, write_config
 
 from sfd.config import ConfigError
-from sfd.workflow import matrix, plots, tables
+from sfd.workflow import matrix, plot, table
 
 
 def write_metrics(tmp_path, runs, detector="toy", base=10.0):
@@ -36,7 +36,7 @@ def test_paper_tables_are_complete_and_tagged():
             assert row["kind"] in ("sfd", "quoted"), (name, row_id)
             if row["kind"] == "quoted":
                 assert row["quoted_from"], (name, row_id)
-    # spot checks against spec §6
+    # spot checks against docs/method.md §6
     assert paper["table1"]["rows"]["sfd_xl_400k"]["fid"] == 3.53
     assert paper["table1"]["rows"]["sfd_xl_70k"]["fid"] == 8.79
     sfd_xxl = paper["table2"]["rows"]["sfd_xxl_800ep"]
@@ -49,8 +49,8 @@ def test_paper_tables_are_complete_and_tagged():
 
 def test_toy_table_labels_measured_columns_toy_and_mirrors_without_differences(tmp_path):
     exp = matrix.load(write_config(tmp_path, MINI))
-    metrics = tables.read_metrics(write_metrics(tmp_path, ["big_20", "big_40_ag"]))
-    header, rows = tables.build_table(exp, "table_fid", metrics)
+    metrics = table.read_metrics(write_metrics(tmp_path, ["big_20", "big_40_ag"]))
+    header, rows = table.build_table(exp, "table_fid", metrics)
     assert "toy_fid" in header and "ours_fid" not in header
     assert not any(h.startswith("diff_") for h in header)
     assert [r["kind"] for r in rows] == ["measured", "measured"]  # no quoted literature in a toy table
@@ -67,8 +67,8 @@ def test_inception_table_has_differences_and_quoted_literature(tmp_path):
     data["tables"]["t1"] = {"paper": "table1", "metrics": ["fid"],
                             "rows": [{"run": "big_40", "paper_row": "table1.sfd_xl_4m"}]}
     exp = matrix.load(write_config(tmp_path, data))
-    metrics = tables.read_metrics(write_metrics(tmp_path, ["big_40"], detector="inception", base=3.0))
-    header, rows = tables.build_table(exp, "t1", metrics)
+    metrics = table.read_metrics(write_metrics(tmp_path, ["big_40"], detector="inception", base=3.0))
+    header, rows = table.build_table(exp, "t1", metrics)
     assert "ours_fid" in header and "diff_fid" in header and "sfid" not in " ".join(header)
     measured = rows[0]
     assert measured["diff_fid"] == pytest.approx(3.0 - 2.54)
@@ -84,15 +84,15 @@ def test_inception_table_has_differences_and_quoted_literature(tmp_path):
 def test_missing_or_mixed_metrics_are_errors(tmp_path):
     exp = matrix.load(write_config(tmp_path, MINI))
     with pytest.raises(ConfigError, match=r"tables.table_fid: no metrics given for runs \['big_40_ag'\]"):
-        tables.build_table(exp, "table_fid", tables.read_metrics(write_metrics(tmp_path, ["big_20"])))
-    mixed = tables.read_metrics(write_metrics(tmp_path, ["big_20"]) +
+        table.build_table(exp, "table_fid", table.read_metrics(write_metrics(tmp_path, ["big_20"])))
+    mixed = table.read_metrics(write_metrics(tmp_path, ["big_20"]) +
                                 write_metrics(tmp_path / "metrics", ["big_40_ag"], detector="inception"))
     with pytest.raises(ConfigError, match="different detectors"):
-        tables.build_table(exp, "table_fid", mixed)
+        table.build_table(exp, "table_fid", mixed)
     bad = tmp_path / "broken.json"
     bad.write_text("{\"fid\": 1")
     with pytest.raises(ConfigError, match="broken.json: not a readable metrics JSON"):
-        tables.read_metrics([bad])
+        table.read_metrics([bad])
 
 
 def test_cli_writes_csv_and_plots_draw_both_figures(tmp_path):
@@ -101,22 +101,22 @@ def test_cli_writes_csv_and_plots_draw_both_figures(tmp_path):
     for name in ("fig_fid_vs_delta_t", "fig_convergence"):
         paths = write_metrics(tmp_path, exp.table_runs(name))
         out_csv = tmp_path / f"{name}.csv"
-        run = [sys.executable, "-m", "sfd", "tables", "--config", str(config), "--table", name, "--out",
+        run = [sys.executable, "-m", "sfd", "table", "--config", str(config), "--table", name, "--out",
                str(out_csv), *map(str, paths)]
         assert subprocess.run(run, capture_output=True, text=True).returncode == 0
         with open(out_csv, newline="") as f:
             rows = list(csv.DictReader(f))
         assert [r["run"] for r in rows] == exp.table_runs(name)
         png = tmp_path / f"{name}.png"
-        draw = [sys.executable, "-m", "sfd", "plots", "--config", str(config), "--table", name, "--csv",
+        draw = [sys.executable, "-m", "sfd", "plot", "--config", str(config), "--table", name, "--csv",
                 str(out_csv), "--out", str(png)]
         result = subprocess.run(draw, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
-    fail = subprocess.run([sys.executable, "-m", "sfd", "plots", "--config", str(config), "--table", "table_fid",
+    fail = subprocess.run([sys.executable, "-m", "sfd", "plot", "--config", str(config), "--table", "table_fid",
                            "--csv", str(out_csv), "--out", str(tmp_path / "x.png")], capture_output=True, text=True)
     assert fail.returncode == 2 and "tables.table_fid.plot is none" in fail.stderr
 
 
 def test_iterations_parse_paper_notation():
-    assert plots.iterations("400K") == 4e5 and plots.iterations("4M") == 4e6 and plots.iterations("120") == 120.0
+    assert plot.iterations("400K") == 4e5 and plot.iterations("4M") == 4e6 and plot.iterations("120") == 120.0

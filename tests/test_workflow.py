@@ -47,19 +47,15 @@ def test_training_is_chained_through_budgets_and_keep_steps(tmp_path):
         exp.previous_step("big", 30)
 
 
-def test_schedule_keys_match_the_trainer():
-    train = pytest.importorskip("sfd.train")
-    assert matrix.SCHEDULE_KEYS == frozenset(train._SCHEDULE_KEYS)
-
-
 def test_train_and_sample_keys_cover_what_changes_results(tmp_path):
     exp = matrix.load(write_config(tmp_path, MINI))
-    keys = exp.train_keys("big")
+    keys = exp.reads("train", model="big")
     assert "models.big.model" in keys and "models.big.train.lr" in keys and "seed" in keys
     assert not any(k.endswith((".budgets", ".keep_steps", ".ckpt_every")) for k in keys)
-    sample = exp.sample_keys("big_40_ag")
+    sample = exp.reads("sample-run", run="big_40_ag")
     assert {"runs.big_40_ag", "models.big.model", "models.small.model", "sampling.method"} <= set(sample)
     assert "sampling.pack_seed" not in sample
+    assert "models.small.model" not in exp.reads("sample-run", run="big_20")
     assert exp.params("runs.big_20")["runs.big_20"]["guidance"]["kind"] == "none"
 
 
@@ -100,7 +96,7 @@ def test_dag_has_every_stage_and_only_the_needed_training(tmp_path):
     counts = job_counts(result.stdout)
     # big: 10 -> 20 -> 40 chained; small only up to the AutoGuidance step 5 (its budget 10 is unused)
     assert counts["train"] == 5
-    assert counts["sample"] == counts["pack"] == counts["evaluate"] == 5
+    assert counts["sample_run"] == counts["pack"] == counts["evaluate"] == 5
     assert counts["table"] == 3 and counts["plot"] == 2
     for rule in ("make_toy_data", "train_tokenizer", "extract_features", "train_semvae", "extract_latents",
                  "latent_stats", "train_detector", "make_reference"):
@@ -229,18 +225,33 @@ def test_launch_runs_the_command_and_sets_npu_visibility(tmp_path):
 # Commands whose settings come from the experiment when they run (not from dvc.yaml's text).
 
 
-def test_sample_run_reads_the_run_and_rejects_other_checkpoints(tmp_path):
-    from sfd.workflow.sample_run import sample_argv
+def test_sample_run_reads_the_run_and_rejects_other_checkpoints(tmp_path, monkeypatch):
+    import argparse
 
-    exp = matrix.load(write_config(tmp_path, MINI))
-    argv = sample_argv(exp, "big_40_ag", Path(exp.ema("big", 40)), Path(exp.ema("small", 5)))
-    assert argv[argv.index("--guidance") + 1] == "autoguidance" and argv[argv.index("--cfg-scale") + 1] == "1.5"
-    assert argv[argv.index("--guide-model") + 1] == "small" and argv[argv.index("--num-samples") + 1] == "100"
-    assert "--allow-unsafe-pickle" not in argv
+    generate = pytest.importorskip("sfd.generate")
+    from sfd.workflow import sample_run
+
+    config = write_config(tmp_path, MINI)
+    exp = matrix.load(config)
+    calls = []
+    monkeypatch.setattr(generate, "sample", lambda *a, **k: calls.append((a, k)) or 0)
+
+    def run(name, ckpt, guide_ckpt):
+        return sample_run.main(argparse.Namespace(config=str(config), run=name, ckpt=Path(ckpt),
+                                                  guide_ckpt=guide_ckpt and Path(guide_ckpt), latents=tmp_path,
+                                                  texture_vae=tmp_path / "vae.pt", out=tmp_path / "s"))
+
+    assert run("big_40_ag", exp.ema("big", 40), exp.ema("small", 5)) == 0
+    (cfg, model, *_), kwargs = calls[0]
+    assert model == "big" and kwargs["guidance"] == "autoguidance" and kwargs["cfg_scale"] == 1.5
+    assert kwargs["guide_model"] == "small" and kwargs["num_samples"] == 100 and not kwargs["allow_unsafe"]
+    assert cfg["sampling"]["method"] == MINI["sampling"]["method"]
+    with pytest.raises(ConfigError, match="sampling.pack_seed: `sfd sample-run` reads this key without declaring"):
+        cfg["sampling"]["pack_seed"]
     with pytest.raises(ConfigError, match=r"runs.big_20 samples outputs/mini/train/big/0000020/ema/0000020.pt"):
-        sample_argv(exp, "big_20", Path(exp.ema("big", 40)), None)
+        run("big_20", exp.ema("big", 40), None)
     with pytest.raises(ConfigError, match=r"runs.big_40_ag.guidance uses"):
-        sample_argv(exp, "big_40_ag", Path(exp.ema("big", 40)), None)
+        run("big_40_ag", exp.ema("big", 40), None)
 
 
 def test_fetch_released_names_the_file_from_the_released_section(tmp_path, monkeypatch):

@@ -76,7 +76,7 @@ def test_one_sampling_parameter_reruns_only_its_run(toy):
     assert line in text
     config.write_text(text.replace(line, line.replace("scale: 1.5", "scale: 2.0")))
     # t_500_ag fills table_fid, table2_system and readme_guidance; nothing trains, no other run samples
-    assert planned_jobs(work) == {"sample": 1, "pack": 1, "evaluate": 1, "table": 3}
+    assert planned_jobs(work) == {"sample_run": 1, "pack": 1, "evaluate": 1, "table": 3}
     before = {p.name: p.stat().st_mtime_ns for p in (work / "outputs" / "toy" / "metrics").glob("*.json")}
     run(SNAKEMAKE, cwd=work)
     after = {p.name: p.stat().st_mtime_ns for p in (work / "outputs" / "toy" / "metrics").glob("*.json")}
@@ -96,5 +96,5 @@ def test_one_training_parameter_retrains_that_model_and_what_uses_it(toy):
     jobs = planned_jobs(work)
     # ag_p trains 0->50->100; the runs it guides (4) and its own two runs sample again
     assert jobs["train"] == 2
-    assert jobs["sample"] == jobs["pack"] == jobs["evaluate"] == 6
+    assert jobs["sample_run"] == jobs["pack"] == jobs["evaluate"] == 6
     assert not {"make_toy_data", "train_tokenizer", "extract_latents", "latent_stats"} & set(jobs)

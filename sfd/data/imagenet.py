@@ -26,6 +26,10 @@ from sfd.errors import InputError, MissingInputError
 
 log = logging.getLogger(__name__)
 
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('data.source', 'data.hf.repo_id', 'data.hf.revision', 'data.hf.files.{split}', 'data.hf.expected_images')
+ALSO_READS = ('data.hf.keep_archives', 'data.num_classes')
+
 # torchvision.datasets.folder.IMG_EXTENSIONS: what ImageFolder (hence the official extraction) reads.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 _MEMBER = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)_(?P<wnid>n\d{8})\.(?P<ext>jpe?g)$", re.IGNORECASE)
@@ -126,9 +130,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from sfd.config import ConfigError, load_experiment
+    from sfd.config import ConfigError
+    from sfd.reads import view
 
-    data_cfg = load_experiment(args.config)["data"]
+    data_cfg = view(args.config, __name__, split=args.split)["data"]
     if data_cfg["source"] != "hf":
         raise ConfigError(
             f"{args.config}: data.source is {data_cfg['source']!r}; fetch-imagenet needs 'hf' "

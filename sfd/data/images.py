@@ -1,4 +1,4 @@
-"""Image datasets feeding the tokenizers and the latent extraction (spec §1.1 preprocessing).
+"""Image datasets feeding the tokenizers and the latent extraction (docs/method.md §1.1 preprocessing).
 
 One class serves both sources: a toy `.npz` (images already at their final size) and an ImageNet
 class folder (`<root>/<wnid>/*.JPEG`, decoded with PIL and centre-cropped the ADM way). Items

@@ -23,6 +23,9 @@ from sfd.errors import InputError, MissingInputError
 
 log = logging.getLogger(__name__)
 
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('data.source', 'data.toy', 'data.num_classes', 'data.image_size', 'data.{split}_size')
+
 SPLITS = {"train": 0, "val": 1}
 PATTERNS = ("solid", "stripes", "checker", "dots")
 
@@ -176,9 +179,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from sfd.config import ConfigError, load_experiment
+    from sfd.config import ConfigError
+    from sfd.reads import view
 
-    data_cfg = load_experiment(args.config)["data"]
+    data_cfg = view(args.config, __name__, split=args.split)["data"]
     if data_cfg["source"] != "toy":
         raise ConfigError(f"{args.config}: data.source is {data_cfg['source']!r}; make-toy-data needs 'toy'")
     images, labels = make_split(data_cfg, args.split)

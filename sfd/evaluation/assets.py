@@ -21,6 +21,9 @@ from sfd.errors import UserError
 
 log = logging.getLogger(__name__)
 
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('evaluation.assets',)
+
 CHUNK = 1 << 20
 
 
@@ -114,9 +117,10 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from sfd.config import ConfigError, load_experiment
+    from sfd.config import ConfigError
+    from sfd.reads import view
 
-    assets = load_experiment(args.config)["evaluation"]["assets"]
+    assets = view(args.config, __name__)["evaluation"]["assets"]
     names = args.only or list(assets)
     unknown = sorted(set(names) - set(assets))
     if unknown:

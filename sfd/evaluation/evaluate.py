@@ -36,6 +36,8 @@ from sfd.io import atomic_write, require_writable, sha256, write_json
 
 log = logging.getLogger(__name__)
 
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('evaluation.num_samples', 'evaluation.detector', 'evaluation.metric_label', 'evaluation.batch_size', 'evaluation.softmax_batch_size')
 SCALAR_FIELDS = tuple(  # the CSV row
     "metric_label fid sfid inception_score precision recall num_samples num_reference detector_kind "
     "samples_sha256 reference_sha256 detector_sha256 evaluator_version".split()
@@ -203,7 +205,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--detector", default="classify_image_graph_def.pb", help="detector GraphDef (default: %(default)s)"
     )
-    parser.add_argument("--output", required=True, help="metrics JSON to write")
+    parser.add_argument("--out", required=True, help="metrics JSON to write")
     parser.add_argument("--csv", help="also write the metrics as a one-row CSV")
     parser.add_argument(
         "--num-samples",
@@ -228,10 +230,10 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from sfd.config import load_experiment
+    from sfd.reads import view
 
-    cfg = load_experiment(args.config)["evaluation"] if args.config else {}
-    for path in filter(None, (args.output, args.csv)):
+    cfg = view(args.config, __name__)["evaluation"] if args.config else {}
+    for path in filter(None, (args.out, args.csv)):
         require_writable(path)
     result = evaluate(
         args.samples,
@@ -245,7 +247,7 @@ def main(args) -> int:
         cache_dir=args.cache_dir,
         allow_size_mismatch=args.allow_size_mismatch,
     )
-    write_json(result, args.output)
+    write_json(result, args.out)
     if args.csv:
         write_csv_row(result, args.csv)
     print(summary(result))

@@ -5,7 +5,7 @@ detector, which exports the same tensor names. The images enter at `ExpandDims:0
 [0, 255]; the graph itself resizes (TF1 bilinear, no half-pixel centres) and normalises. Outputs:
 `pool_3:0` -> [N, P]; `mixed_6/conv:0`[..., :7] flattened in (h, w, c) order -> sFID features;
 class probabilities = softmax(pool @ W) with W the weight input of `softmax/logits/MatMul` and no
-bias (spec §5.1).
+bias (docs/method.md §5.1).
 """
 
 import json

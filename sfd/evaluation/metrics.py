@@ -2,7 +2,7 @@
 
 Fréchet distance (FID on pool_3, sFID on mixed_6/conv[..., :7]), Inception Score and improved
 precision/recall (Kynkäänniemi et al. 2019, k = 3). Every function keeps the operation order and
-dtypes of guided-diffusion's `evaluations/evaluator.py` (spec §5.1): given the same features,
+dtypes of guided-diffusion's `evaluations/evaluator.py` (docs/method.md §5.1): given the same features,
 FID, sFID and IS are the numbers ADM computes.
 
 Precision/recall take the distance block as a function (`distance_fn`), because their numbers
@@ -94,7 +94,7 @@ def inception_score(probs: np.ndarray, split_size: int = IS_SPLIT_SIZE) -> float
     """Mean over consecutive splits of exp(mean_i KL(p(y|x_i) || p(y))), p(y) the split mean.
 
     Order-sensitive: which samples share a split changes the score, hence the seeded class-mixing
-    shuffle before packing (spec §7.17). The terms p log p with p == 0 are taken as 0 (their
+    shuffle before packing (docs/method.md §7.17). The terms p log p with p == 0 are taken as 0 (their
     limit); ADM's code would turn them into NaN, and it is identical wherever it is finite.
     """
     if probs.ndim != 2 or len(probs) == 0:

@@ -18,6 +18,9 @@ from sfd.io import atomic_write
 
 log = logging.getLogger(__name__)
 
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('evaluation.reference_size',)
+
 
 def make_reference(data_path, num: int, out) -> None:
     """Write the first `num` real images of a toy npz as an ADM-style reference batch.
@@ -108,9 +111,10 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from sfd.config import load_experiment, validate
+    from sfd.config import validate
+    from sfd.reads import view
 
-    cfg = load_experiment(args.config)["evaluation"] if args.config else validate({}, "evaluation")
+    cfg = view(args.config, __name__)["evaluation"] if args.config else validate({}, "evaluation")
     num = args.num or cfg["reference_size"]
     make_reference(args.data, num, args.out)
     log.info("wrote %s: the first %d images of %s", args.out, num, args.data)

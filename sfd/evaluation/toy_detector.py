@@ -22,6 +22,9 @@ from sfd.evaluation.batches import EvalInputError
 tf = inception.tf
 log = logging.getLogger(__name__)
 
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('evaluation.toy_detector',)
+
 # (name, stride) of the conv+ReLU stages; widths come from the config, the last one is P.
 STAGES = (("conv0", 1), ("conv1", 2), ("mixed_6/conv", 2), ("conv3", 1))
 
@@ -149,10 +152,10 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from sfd.config import load_experiment
     from sfd.io import atomic_write, sha256, write_json
+    from sfd.reads import view
 
-    cfg = load_experiment(args.config)["evaluation"]["toy_detector"]
+    cfg = view(args.config, __name__)["evaluation"]["toy_detector"]
     images, labels, num_classes = load_labeled_images(args.data)
     val_images, val_labels, _ = load_labeled_images(args.val)
     log.info(

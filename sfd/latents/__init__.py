@@ -1,4 +1,4 @@
-"""Composite latents (spec §1.3, §1.4): extraction into shards, statistics, the training dataset.
+"""Composite latents (docs/method.md §1.3, §1.4): extraction into shards, statistics, the training dataset.
 
 Texture channels come first and semantic channels last; REPA targets are the semantic encoder's
 tokens. `sfd.latents.extract` (the `extract-latents` command) is imported only when it runs.

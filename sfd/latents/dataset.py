@@ -1,4 +1,4 @@
-"""The DiT training set: normalised composite latents, labels and REPA targets (spec §1.3, §1.4).
+"""The DiT training set: normalised composite latents, labels and REPA targets (docs/method.md §1.3, §1.4).
 
 Each item picks the un-flipped or the flipped triple (texture, semantic, tokens) with
 probability 1/2, like the official loader, but the coin is a pure function of

@@ -1,4 +1,4 @@
-"""Encode a dataset into composite-latent shards (`sfd extract-latents`, spec §1.4).
+"""Encode a dataset into composite-latent shards (`sfd extract-latents`, docs/method.md §1.4).
 
 For every image, the un-flipped and the horizontally flipped copy (the flipped latent comes
 from encoding the flipped IMAGE, never from flipping a latent) go through
@@ -29,6 +29,10 @@ from sfd.io import sha256
 from sfd.latents.store import FEATS, FORMAT, SEMANTIC, TEXTURE, shard_metadata, shard_path, write_index, write_shard
 
 log = logging.getLogger(__name__)
+
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('seed', 'data.image_size', 'data.num_classes', 'texture_vae.arch', 'semantic_encoder.pretrained', 'semantic_encoder.timm_model', 'semantic_encoder.img_size', 'semantic_encoder.timm_kwargs', 'latents.shard_size', 'latents.batch_size', 'latents.flip', 'latents.on_bad_image')
+ALSO_READS = ('device', 'latents.num_workers')
 
 
 class _Views(torch.utils.data.Dataset):
@@ -195,11 +199,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from sfd.config import load_experiment
+    from sfd.reads import view
     from sfd.semantic import load_encoder, load_semvae
     from sfd.tokenizers import load_texture_vae
 
-    cfg = load_experiment(args.config)
+    cfg = view(args.config, __name__)
     data, lcfg = cfg["data"], cfg["latents"]
     device = dist.init(cfg["device"])
     images = ImageDataset(args.data, data["image_size"], num_classes=data["num_classes"])

@@ -1,4 +1,4 @@
-"""Per-channel latent statistics and the normalisation they define (spec §1.3, pitfalls 6 and 20).
+"""Per-channel latent statistics and the normalisation they define (docs/method.md §1.3, §7.6, §7.20).
 
 `latents_stats.pt` (texture, from key `latents`) and `latents_sv_stats.pt` (semantic, from
 `latents_sv`) each hold {'mean', 'std'} of shape [1, C, 1, 1]: mean over (N, H, W) and torch's
@@ -23,6 +23,9 @@ from sfd.io import torch_save
 from sfd.latents.store import SEMANTIC, TEXTURE, open_shard, read_index
 
 log = logging.getLogger(__name__)
+
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('seed', 'latents.stats_samples', 'latents.released_stats')
 
 FILES = {TEXTURE: "latents_stats.pt", SEMANTIC: "latents_sv_stats.pt"}
 
@@ -139,9 +142,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from sfd.config import ConfigError, load_experiment
+    from sfd.config import ConfigError
+    from sfd.reads import view
 
-    cfg = load_experiment(args.config)
+    cfg = view(args.config, __name__)
     if args.released:
         spec = cfg["latents"]["released_stats"]
         if spec is None:

@@ -1,6 +1,6 @@
 """On-disk layout of a latent directory: `shard-XXXXX.safetensors` files plus `index.json`.
 
-Keys per shard (spec §1.4, with REPA tokens stored token-major): `latents`, `latents_flip`
+Keys per shard (docs/method.md §1.4, with REPA tokens stored token-major): `latents`, `latents_flip`
 (texture posterior samples [n, C_tex, h, w] float32), `latents_sv`, `latents_sv_flip` (semantic
 [n, C_sem, h, w] float32), `feats`, `feats_flip` (encoder tokens [n, L, D] float16), `labels`
 int64 [n], and `indices` int64 [n] (position of each row in the source image list). The *_flip

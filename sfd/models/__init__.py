@@ -1,4 +1,4 @@
-"""The SFD denoiser: LightningDiT with semantic-first dual timesteps (spec §2).
+"""The SFD denoiser: LightningDiT with semantic-first dual timesteps (docs/method.md §2).
 
 torch is imported only when a model is asked for: the workflow reads `sfd.models.sizes` while
 Snakemake parses the DAG, and that must stay cheap.

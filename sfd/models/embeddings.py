@@ -1,4 +1,4 @@
-"""Position, time and label embeddings of LightningDiT (spec §2.1–2.3).
+"""Position, time and label embeddings of LightningDiT (docs/method.md §2.1–2.3).
 
 Each one reproduces the official tensor layout exactly, because the released checkpoints store
 the fixed tables (`pos_embed`, `feat_rope.freqs_cos/sin`) and were trained against these
@@ -71,7 +71,7 @@ class VisionRope(nn.Module):
 
 
 def timestep_features(t: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal features of t ∈ [0, 1] as given: no ×1000 scaling, cos before sin (spec §7.2)."""
+    """Sinusoidal features of t ∈ [0, 1] as given: no ×1000 scaling, cos first (docs/method.md §7.2)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(0, half, dtype=torch.float32) / half)
     args = t[:, None].float() * freqs.to(t.device)[None]

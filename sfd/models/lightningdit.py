@@ -1,4 +1,4 @@
-"""LightningDiT with Semantic-First dual timesteps (SFD, arXiv 2512.04926, spec §2).
+"""LightningDiT with Semantic-First dual timesteps (SFD, arXiv 2512.04926, docs/method.md §2).
 
 One class serves every size. The module names, parameter shapes and numerics follow the official
 SFD model so that the released checkpoints load strictly and give the same outputs; each
@@ -264,7 +264,7 @@ class LightningDiT(nn.Module):
         return self.repa_projector is not None
 
     def initialize_weights(self) -> None:
-        """Spec §2.5: xavier Linears with zero bias, N(0, 0.02) label table and t-MLPs,
+        """docs/method.md §2.5: xavier Linears with zero bias, N(0, 0.02) label table and t-MLPs,
         zero adaLN outputs and zero output layer (so an initial model predicts 0)."""
         for module in self.modules():
             if isinstance(module, nn.Linear):

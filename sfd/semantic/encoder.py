@@ -1,6 +1,6 @@
 """Semantic encoder: patch tokens of a frozen ViT (DINOv2-B/14-reg for the paper, a toy ViT here).
 
-One network, two preprocessing paths (spec §1.2 and pitfall 9), and each caller uses exactly one:
+One network, two preprocessing paths (docs/method.md §1.2, §7.9), and each caller uses exactly one:
 
 * Latent extraction, REPA targets and semantic latents: `tokens(x)`. The [-1, 1] image the
   texture VAE sees -> (x+1)/2 -> ImageNet mean/std -> F.interpolate bicubic to `img_size`

@@ -10,14 +10,18 @@ import logging
 
 import numpy as np
 
-from sfd.config import load_experiment
 from sfd.device import get_device
 from sfd.io import write_json
+from sfd.reads import view
 from sfd.semantic.features import FeatureShards
 from sfd.semantic.semvae import load_semvae
 from sfd.semantic.train_semvae import derive_seed, evaluate
 
 log = logging.getLogger(__name__)
+
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('seed', 'semvae.train.eval_samples', 'semvae.train.eval_batch_size', 'semvae.train.mixed_precision')
+ALSO_READS = ('device',)
 
 
 def add_arguments(parser) -> None:
@@ -28,7 +32,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    exp = load_experiment(args.config)
+    exp = view(args.config, __name__)
     t, device = exp["semvae"]["train"], get_device(exp["device"])
     model = load_semvae(args.checkpoint).to(device)
     data = FeatureShards(args.features)

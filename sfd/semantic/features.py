@@ -1,6 +1,6 @@
 """`sfd extract-features`: encoder patch tokens of raw images, the Semantic VAE training data.
 
-Preprocessing is the SemVAE-training path of `sfd.semantic.encoder` (pitfall 9): Resize of the RAW
+Preprocessing is the SemVAE-training path of `sfd.semantic.encoder` (docs/method.md §7.9): Resize of the RAW
 image's short side to `feature_resize` (PIL bicubic), CenterCrop(img_size), ImageNet mean/std. It
 differs on purpose from latent extraction (ADM crop to 256, then bicubic resize of the tensor).
 
@@ -25,14 +25,18 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
-from sfd.config import load_experiment
-from sfd.errors import InputError, MissingInputError
 from sfd.data.toy import load_npz
 from sfd.device import get_device
+from sfd.errors import InputError, MissingInputError
 from sfd.io import atomic_path, directory_lock, sha256, write_json
+from sfd.reads import view
 from sfd.semantic.encoder import feature_transform, load_encoder
 
 log = logging.getLogger(__name__)
+
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('semantic_encoder.pretrained', 'semantic_encoder.timm_model', 'semantic_encoder.timm_kwargs', 'semantic_encoder.img_size', 'semantic_encoder.feature_resize', 'semantic_encoder.shard_size')
+ALSO_READS = ('device', 'semantic_encoder.num_workers')
 
 
 class RawImages(Dataset):
@@ -177,7 +181,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    cfg = load_experiment(args.config)
+    cfg = view(args.config, __name__)
     index = extract(cfg["semantic_encoder"], args.data, args.encoder, args.out, get_device(cfg["device"]),
                     limit=args.limit, batch_size=args.batch_size)
     log.info("%d images -> %s: patch_tokens [N, %d, %d] in %d shards", index["num_samples"], args.out,

@@ -1,4 +1,4 @@
-"""Semantic VAE (spec §1.2): token-wise compression of encoder patch tokens to the semantic latent.
+"""Semantic VAE (docs/method.md §1.2): token-wise compression of encoder patch tokens to the semantic latent.
 
 Tokens [B, L, D] -> encoder -> moments [B, L, 2C] -> [B, 2C, h, w] (token index = h*W + w) ->
 posterior sample z [B, C, h, w] -> decoder (token-wise again) -> tokens [B, L, D]. There is no

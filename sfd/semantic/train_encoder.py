@@ -19,13 +19,18 @@ import torch.nn.functional as F
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from tqdm import tqdm
 
-from sfd.config import ConfigError, load_experiment
+from sfd.config import ConfigError
 from sfd.data.toy import load_npz
 from sfd.device import get_device
 from sfd.io import torch_save, write_json
+from sfd.reads import plain, view
 from sfd.semantic.encoder import SemanticEncoder, build_encoder
 
 log = logging.getLogger(__name__)
+
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('seed', 'semantic_encoder.pretrained', 'semantic_encoder.timm_model', 'semantic_encoder.timm_kwargs', 'semantic_encoder.img_size', 'semantic_encoder.train')
+ALSO_READS = ('device',)
 
 
 def load_npz_images(path) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -112,7 +117,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    exp = load_experiment(args.config)
+    exp = view(args.config, __name__)
     cfg = exp["semantic_encoder"]
     if cfg["pretrained"]:
         raise ConfigError(f"{args.config}: semantic_encoder.pretrained is true; only an encoder "
@@ -121,7 +126,7 @@ def main(args) -> int:
     device = get_device(exp["device"])
     encoder, acc, seconds = train(cfg, x, labels, num_classes, exp["seed"], device)
     log.info("held-out accuracy %.4f (%d classes, chance %.4f), %.1f s", acc, num_classes, 1 / num_classes, seconds)
-    torch_save({"model": encoder.vit.state_dict(), "semantic_encoder": cfg, "num_classes": num_classes,
+    torch_save({"model": encoder.vit.state_dict(), "semantic_encoder": plain(cfg), "num_classes": num_classes,
                 "steps": cfg["train"]["steps"], "holdout_accuracy": acc}, args.out)
     write_json({"holdout_accuracy": acc, "num_classes": num_classes, "steps": cfg["train"]["steps"],
                 "train_seconds": seconds}, f"{args.out}.json")

@@ -1,10 +1,10 @@
-"""`sfd train-semvae`: train the Semantic VAE on extracted encoder features (spec §1.2).
+"""`sfd train-semvae`: train the Semantic VAE on extracted encoder features (docs/method.md §1.2).
 
 The official recipe (tokenizer/semvae/train.py and configs/semvae_train/ch16.yaml):
 loss = mse_w * MSE + l1_w * L1 + cos_w * cos_loss + kl_w * KL, where MSE/L1 are means over all
 elements, KL is the per-sample sum averaged over the batch, and
 cos_loss = 1 - F.cosine_similarity(recon, feat).mean() with the DEFAULT dim=1: on [B, L, D] that
-is the cosine along the token axis per feature channel, not per token (pitfall 8, kept as is).
+is the cosine along the token axis per feature channel, not per token (docs/method.md §7.8, kept as is).
 AdamW (torch defaults but lr, so weight_decay 0.01); SequentialLR of linear warm-up 0.01*lr -> lr,
 constant, cosine to min_lr_factor*lr; bf16 autocast around the forward (Accelerate's
 mixed_precision), losses in float32. Each epoch visits the training items in a fresh shuffled
@@ -30,13 +30,18 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
-from sfd.config import ConfigError, load_experiment
+from sfd.config import ConfigError
 from sfd.device import autocast, get_device
 from sfd.io import directory_lock, require_writable, sweep_temps, torch_save, write_json
+from sfd.reads import view
 from sfd.semantic.features import FeatureShards
 from sfd.semantic.semvae import SemanticVAE, SemVAEArch
 
 log = logging.getLogger(__name__)
+
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('seed', 'semvae')
+ALSO_READS = ('device',)
 
 LOSS_MOMENTUM = 0.99  # official LossTracker: exponential moving averages of the step losses
 
@@ -242,5 +247,5 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     out = Path(args.out)
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(f"{out.stem}_run")
-    train(load_experiment(args.config), args.features, args.eval_features, out, run_dir)
+    train(view(args.config, __name__), args.features, args.eval_features, out, run_dir)
     return 0

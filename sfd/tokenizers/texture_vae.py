@@ -1,4 +1,4 @@
-"""The texture tokenizer: the LDM KL autoencoder ("SD-VAE f16d32", spec §1.1).
+"""The texture tokenizer: the LDM KL autoencoder ("SD-VAE f16d32", docs/method.md §1.1).
 
 Module and parameter names follow the LDM encoder/decoder exactly, so the released
 `ldm-imagenet256-f16d32-50ep.ckpt` state dict loads strictly. The same class, configured small

@@ -22,6 +22,9 @@ from sfd.tokenizers.texture_vae import AEArch, TextureVAE, kl_divergence, save_t
 
 log = logging.getLogger(__name__)
 
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ('seed', 'texture_vae.arch', 'texture_vae.train')
+
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
@@ -87,11 +90,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from sfd.config import load_experiment
     from sfd.data.toy import load_npz
     from sfd.io import require_writable, write_json
+    from sfd.reads import view
 
-    cfg = load_experiment(args.config)
+    cfg = view(args.config, __name__)
     section = cfg["texture_vae"]
     images, _, _ = load_npz(args.data)
     for path in filter(None, (args.out, args.metrics)):

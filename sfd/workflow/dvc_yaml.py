@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from sfd import reads
 from sfd.config import ConfigError, load_yaml
 from sfd.io import write_text
 
@@ -55,10 +56,10 @@ def stage_name(job) -> str:
 
 
 def _present(data: dict, dotted: str) -> bool:
-    for part in dotted.split("."):
-        if not isinstance(data, dict) or part not in data:
-            return False
-        data = data[part]
+    try:
+        reads.get(data, dotted)
+    except ConfigError:
+        return False
     return True
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 from sfd.config import ConfigError
 from sfd.workflow.matrix import load
 
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ("released.repo_id", "released.revision", "released.checkpoints.{model}")
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML (its `released` section)")
@@ -21,7 +24,7 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     from sfd.hub import download
 
-    released = load(args.config).cfg["released"]
+    released = load(args.config, __name__, model=args.model).cfg["released"]
     if args.model not in released["checkpoints"]:
         raise ConfigError(f"{args.config}: released.checkpoints.{args.model}: not listed")
     filename = released["checkpoints"][args.model].format(step=args.step)

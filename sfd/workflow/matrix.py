@@ -1,11 +1,12 @@
 """The experiment's job matrix: which models train to which budgets, which runs sample and
 evaluate, which tables they fill, and where every artifact lives.
 
-The Snakefile builds its DAG from these functions, `sfd tables` reads the same run identities,
+The Snakefile builds its DAG from these functions, `sfd table` reads the same run identities,
 and `sfd dvc-yaml` converts the resulting DAG, so the matrix is defined once. Everything here is
 plain data derived from the validated experiment file; nothing touches the disk except `load`.
 """
 
+import json
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -13,17 +14,11 @@ from pathlib import Path
 
 import yaml
 
+from sfd import reads
 from sfd.config import ConfigError, load_experiment
 from sfd.models.sizes import step_cost
 
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
-# models.<m>.train keys that do not change the training trajectory (as sfd.train._SCHEDULE_KEYS;
-# tests/test_workflow.py keeps the two equal).
-SCHEDULE_KEYS = frozenset({"budgets", "ckpt_every", "keep_steps", "log_every", "num_workers"})
-# sampling.* keys that change the samples; pack_seed and the grid shape only reorder/show them, and
-# the guidance defaults are overridden per run (runs.<r>.guidance).
-SAMPLE_KEYS = ("method", "num_steps", "atol", "rtol", "timestep_shift", "batch_size", "shard_size", "seed",
-               "cfg_interval_start")
 
 
 def paper_tables() -> dict:
@@ -50,22 +45,18 @@ class Experiment:
     def root(self) -> str:
         return f"outputs/{self.name}"
 
-    def section(self, dotted: str):
-        """The resolved value at a dotted key path, e.g. `models.sfd_b.train`."""
-        value = self.cfg
-        for part in dotted.split("."):
-            if not isinstance(value, dict) or part not in value:
-                raise ConfigError(f"{self.path}: {dotted}: no such key")
-            value = value[part]
-        return value
-
     def params(self, *keys: str) -> dict:
         """{dotted key: resolved value} for the config a job reads.
 
         Snakemake stores it as the job's `params` (its rerun trigger sees exactly these values
         change) and `sfd dvc-yaml` turns the keys into the stage's DVC `params:` list.
         """
-        return {key: self.section(key) for key in keys}
+        return {key: _canonical(reads.get(self.cfg, key, self.path)) for key in keys}
+
+    def reads(self, command: str, **names) -> list[str]:
+        """The keys a job of `sfd <command>` depends on: its declared READS (sfd/reads.py), with
+        placeholders filled from the job's wildcards `names`."""
+        return reads.keys_of(command, self.cfg, names)
 
     # -- training ------------------------------------------------------------------------
 
@@ -109,14 +100,6 @@ class Experiment:
         by_cost = sorted(models, key=lambda m: (step_cost(models[m]["model"]["model_type"]), m))
         return by_cost.index(model)
 
-    def train_keys(self, model: str) -> list[str]:
-        """Config keys that fix the training trajectory of `model`; the schedule keys (budgets,
-        cadences, loader processes) do not, so extending a budget reruns nothing already done."""
-        train = self.cfg["models"][model]["train"]
-        return ["seed", "data.num_classes", "latents.multiplier", f"models.{model}.model"] + [
-            f"models.{model}.train.{k}" for k in train if k not in SCHEDULE_KEYS
-        ]
-
     # -- runs and tables -----------------------------------------------------------------
 
     def run(self, name: str) -> dict:
@@ -136,26 +119,8 @@ class Experiment:
     def table_runs(self, name: str) -> list[str]:
         return list(dict.fromkeys(row["run"] for row in self.table(name)["rows"]))
 
-    def table_keys(self, name: str) -> list[str]:
-        """Config keys a table reads: its own entry and the identity of its runs' models."""
-        keys = [f"tables.{name}"]
-        for run in self.table_runs(name):
-            keys += [f"runs.{run}", f"models.{self.run(run)['model']}.model"]
-        return list(dict.fromkeys(keys))
-
     def num_samples(self, run: str) -> int:
         return self.run(run)["num_samples"] or self.cfg["sampling"]["num_samples"]
-
-    def sample_keys(self, run: str) -> list[str]:
-        """Config keys that fix the samples of `run` (not the pack order or the grid)."""
-        spec = self.run(run)
-        keys = ["data.num_classes", "latents.multiplier", f"runs.{run}", f"models.{spec['model']}.model"]
-        if spec["guidance"]["kind"] == "autoguidance":
-            keys.append(f"models.{spec['guidance']['model']}.model")
-        keys += [f"sampling.{k}" for k in SAMPLE_KEYS]
-        if spec["num_samples"] is None:
-            keys.append("sampling.num_samples")
-        return keys
 
     @cached_property
     def released_weights(self) -> list[tuple[str, int]]:
@@ -170,16 +135,25 @@ class Experiment:
         return list(dict.fromkeys(pairs))
 
 
+def _canonical(value):
+    """`value` with mapping keys sorted: Snakemake compares params by their text, and reordering
+    keys in the YAML file must not rerun anything."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
 def _known(mapping) -> str:
     return ", ".join(mapping) or "none"
 
 
-def load(path) -> Experiment:
-    """Load, schema-validate and cross-check an experiment file."""
+def load(path, module: str | None = None, **names) -> Experiment:
+    """Load, schema-validate and cross-check an experiment file; with `module`, the experiment as
+    that command may read it (sfd.reads.restrict)."""
     cfg = load_experiment(path)
     exp = Experiment(str(path), cfg)
     check(exp)
-    return exp
+    if module is None:
+        return exp
+    return Experiment(exp.path, reads.restrict(cfg, module, exp.path, **names))
 
 
 def check(exp: Experiment) -> None:

@@ -4,33 +4,35 @@ dvc.yaml keeps commands as text, so a command must carry no value of the experim
 would see the parameter change and rerun the stage with the old value still in its command line.
 This reads `runs.<run>` (model, guidance kind, scale and model, sample count, source) from the
 experiment, checks that the checkpoints it was handed are the ones that run samples (a dvc.yaml
-older than the experiment names others), and runs `sfd sample` with them.
+older than the experiment names others), and calls the sampler of `sfd.generate` with them.
 """
 
-import argparse
 from pathlib import Path
 
 from sfd.config import ConfigError
-from sfd.workflow.matrix import load
+from sfd.workflow.matrix import Experiment, load
+
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = (
+    "data.num_classes", "latents.multiplier", "runs.{run}", "models.{model}.model", "models.{guide}.model",
+    "sampling.method", "sampling.num_steps", "sampling.atol", "sampling.rtol", "sampling.timestep_shift",
+    "sampling.batch_size", "sampling.shard_size", "sampling.seed", "sampling.cfg_interval_start",
+    "sampling.num_samples",
+)
+ALSO_READS = ("device", "name")
 
 
-def sample_argv(exp, run: str, ckpt: Path, guide_ckpt: Path | None) -> list[str]:
-    """The `sfd sample` options of `run`, after checking the checkpoint paths against it."""
+def check_checkpoints(exp: Experiment, run: str, ckpt: Path, guide_ckpt: Path | None) -> None:
+    """The checkpoints handed over must be the ones `run` samples with (else dvc.yaml is stale)."""
     spec = exp.run(run)
     expected = exp.ema(spec["model"], spec["step"], spec["source"])
     if Path(ckpt) != Path(expected):
         raise ConfigError(f"{exp.path}: runs.{run} samples {expected}, not {ckpt} (dvc.yaml stale? run `sfd dvc-yaml`)")
     guidance = spec["guidance"]
-    argv = ["--config", exp.path, "--model", spec["model"], "--ckpt", str(ckpt), "--guidance", guidance["kind"],
-            "--cfg-scale", str(guidance["scale"]), "--num-samples", str(exp.num_samples(run))]
     if guidance["kind"] == "autoguidance":
         guide = exp.ema(guidance["model"], guidance["step"], spec["source"])
         if guide_ckpt is None or Path(guide_ckpt) != Path(guide):
             raise ConfigError(f"{exp.path}: runs.{run}.guidance uses {guide}, not {guide_ckpt} (dvc.yaml stale?)")
-        argv += ["--guide-model", guidance["model"], "--guide-ckpt", str(guide_ckpt)]
-    if spec["source"] == "released":
-        argv.append("--allow-unsafe-pickle")  # the authors' files from the SFD-Project repo
-    return argv
 
 
 def add_arguments(parser) -> None:
@@ -46,9 +48,15 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     from sfd import generate
 
-    exp = load(args.config)
-    argv = sample_argv(exp, args.run, args.ckpt, args.guide_ckpt)
-    argv += ["--latents", str(args.latents), "--texture-vae", str(args.texture_vae), "--out", str(args.out)]
-    parser = argparse.ArgumentParser(prog="sfd sample")
-    generate.add_arguments(parser)
-    return generate.main(parser.parse_args(argv))
+    exp = load(args.config, __name__, run=args.run)
+    check_checkpoints(exp, args.run, args.ckpt, args.guide_ckpt)
+    spec = exp.run(args.run)
+    guidance = spec["guidance"]
+    ag = guidance["kind"] == "autoguidance"
+    return generate.sample(
+        exp.cfg, spec["model"], args.ckpt, args.latents, args.texture_vae, args.out,
+        guidance=guidance["kind"], cfg_scale=guidance["scale"], guide_model=guidance["model"] if ag else None,
+        guide_ckpt=args.guide_ckpt if ag else None, num_samples=exp.num_samples(args.run),
+        # the authors' files from the trusted SFD-Project repository
+        allow_unsafe=spec["source"] == "released", source=exp.path,
+    )

@@ -64,23 +64,19 @@ def benchfile(*parts):
     return os.path.join("benchmarks", "out", EXP.name, *parts) + ".tsv"
 
 
-def cfg(*keys):
-    """Rule params from the experiment file: the values a command reads (`cfg`: Snakemake's
-    params rerun-trigger sees exactly these change), their dotted keys (`cfg_keys`: for `sfd
-    launch`, and DVC params in `sfd dvc-yaml`) and the file itself (`experiment`). A key may be
-    a function of the wildcards returning a key or a list of keys."""
+def reads(command, **names):
+    """Rule params of a job of `sfd <command>`, from the keys that command declares it reads
+    (READS in its module, sfd/reads.py), placeholders filled from the job's wildcards and `names`:
+    their values (`cfg`: Snakemake's params rerun-trigger sees exactly these change), the dotted
+    keys (`cfg_keys`: for `sfd launch`, and DVC params in `sfd dvc-yaml`) and the file itself."""
 
-    def resolve(wildcards):
-        out = []
-        for key in keys:
-            key = key(wildcards) if callable(key) else key
-            out += [key] if isinstance(key, str) else key
-        return out
+    def keys(wildcards):
+        return EXP.reads(command, **dict(wildcards.items()), **names)
 
     return {
         "experiment": EXP.path,
-        "cfg": lambda w: EXP.params(*resolve(w)),
-        "cfg_keys": lambda w: " ".join(resolve(w)),
+        "cfg": lambda w: EXP.params(*keys(w)),
+        "cfg_keys": lambda w: " ".join(keys(w)),
     }
 
 

@@ -8,7 +8,7 @@ if DATA["source"] == "toy":
         output:
             f"{E}/data/{{split}}.npz",
         params:
-            **cfg("data"),
+            **reads("make-toy-data"),
         conda:
             "../envs/sfd.yaml"
         log:
@@ -27,20 +27,21 @@ if DATA["source"] == "toy":
 if DATA["source"] == "hf":
 
     localrules:
-        fetch_data,
+        fetch_imagenet,
 
-    rule fetch_data:
-        """ImageNet from the Hugging Face Hub into the standard class-folder layout."""
+    rule fetch_imagenet:
+        """ImageNet from the Hugging Face Hub into the standard class-folder layout.
+        `sfd fetch-imagenet` (sfd/data/imagenet.py)."""
         output:
             directory(f"{E}/data/{{split}}"),
         params:
-            **cfg("data.hf"),
+            **reads("fetch-imagenet"),
         conda:
             "../envs/sfd.yaml"
         log:
-            logfile("fetch_data", "{split}"),
+            logfile("fetch_imagenet", "{split}"),
         benchmark:
-            benchfile("fetch_data", "{split}")
+            benchfile("fetch_imagenet", "{split}")
         resources:
             mem_mb=4000,
             runtime=1440,
@@ -52,14 +53,15 @@ if DATA["source"] == "hf":
 if EXP.cfg["texture_vae"]["pretrained"] is None:
 
     rule train_tokenizer:
-        """The small LDM KL autoencoder of the toy experiment (texture latents)."""
+        """The small LDM KL autoencoder of the toy experiment (texture latents).
+        `sfd train-tokenizer` (sfd/tokenizers/train.py)."""
         input:
             data_path("train"),
         output:
             model=TEXTURE_VAE,
             metrics=f"{E}/tokenizer/texture_vae.json",
         params:
-            **cfg("seed", "texture_vae"),
+            **reads("train-tokenizer"),
         conda:
             "../envs/sfd.yaml"
         log:
@@ -80,11 +82,12 @@ else:
         fetch_tokenizer,
 
     rule fetch_tokenizer:
-        """The released SD-VAE f16d32 texture autoencoder (spec §1.1)."""
+        """The released SD-VAE f16d32 texture autoencoder (docs/method.md §1.1).
+        `sfd fetch-weights` (sfd/hub.py)."""
         output:
             TEXTURE_VAE,
         params:
-            **cfg("texture_vae.pretrained"),
+            **reads("fetch-weights", key="texture_vae.pretrained"),
         conda:
             "../envs/sfd.yaml"
         log:

@@ -1,4 +1,4 @@
-# The ADM-equivalent evaluator (spec §5): ADM's Inception assets downloaded (paper), or a
+# The ADM-equivalent evaluator (docs/method.md §5): ADM's Inception assets downloaded (paper), or a
 # detector with the same tensor names trained on the toy classes (toy); then metrics per run.
 
 if EVAL["detector"] == "inception":
@@ -8,11 +8,12 @@ if EVAL["detector"] == "inception":
 
     rule fetch_eval_assets:
         """ADM's Inception GraphDef, the VIRTUAL_imagenet256_labeled reference batch and ADM's
-        own sample batch (the evaluator's validation target)."""
+        own sample batch (the evaluator's validation target).
+        `sfd fetch-eval-assets` (sfd/evaluation/assets.py)."""
         output:
             **ASSETS,
         params:
-            **cfg("evaluation.assets"),
+            **reads("fetch-eval-assets"),
             out_dir=parent("inception"),
         conda:
             "../envs/sfd.yaml"
@@ -29,7 +30,8 @@ if EVAL["detector"] == "inception":
 else:
 
     rule train_detector:
-        """The toy evaluator's network, with Inception's tensor names (pool_3, mixed_6/conv, logits)."""
+        """The toy evaluator's network, with Inception's tensor names (pool_3, mixed_6/conv, logits).
+        `sfd train-detector` (sfd/evaluation/toy_detector.py)."""
         input:
             data=data_path("train"),
             val=data_path("val"),
@@ -37,7 +39,7 @@ else:
             model=DETECTOR,
             metrics=f"{E}/eval/detector.json",
         params:
-            **cfg("evaluation.toy_detector"),
+            **reads("train-detector"),
         conda:
             "../envs/sfd.yaml"
         log:
@@ -52,13 +54,14 @@ else:
             " --out {output.model} --metrics {output.metrics} > {log} 2>&1"
 
     rule make_reference:
-        """The toy reference batch: held-out real images, as ADM's VIRTUAL batch."""
+        """The toy reference batch: held-out real images, as ADM's VIRTUAL batch.
+        `sfd make-reference` (sfd/evaluation/reference.py)."""
         input:
             data_path("val"),
         output:
             REFERENCE,
         params:
-            **cfg("evaluation.reference_size"),
+            **reads("make-reference"),
         conda:
             "../envs/sfd.yaml"
         log:
@@ -73,7 +76,8 @@ else:
 
 
 rule evaluate:
-    """FID, sFID, Inception Score, precision and recall of one run's samples."""
+    """FID, sFID, Inception Score, precision and recall of one run's samples.
+    `sfd evaluate` (sfd/evaluation/evaluate.py)."""
     input:
         samples=f"{E}/samples/{{run}}.npz",
         reference=REFERENCE,
@@ -81,8 +85,7 @@ rule evaluate:
     output:
         f"{E}/metrics/{{run}}.json",
     params:
-        **cfg("evaluation.detector", "evaluation.metric_label", "evaluation.num_samples",
-              "evaluation.batch_size", "evaluation.softmax_batch_size"),
+        **reads("evaluate"),
         cache=f"{E}/eval/cache",
     conda:
         "../envs/sfd.yaml"
@@ -95,4 +98,4 @@ rule evaluate:
         runtime=240,
     shell:
         "sfd evaluate {input.samples} --config {params.experiment} --reference {input.reference}"
-        " --detector {input.detector} --cache-dir {params.cache} --output {output} > {log} 2>&1"
+        " --detector {input.detector} --cache-dir {params.cache} --out {output} > {log} 2>&1"

@@ -1,10 +1,11 @@
-# The composite latent dataset (texture channels first, semantic last; spec §1.3-1.4) and the
+# The composite latent dataset (texture channels first, semantic last; docs/method.md §1.3-1.4) and the
 # per-channel statistics that normalise it.
 
 
 rule extract_latents:
     """Texture VAE and Semantic VAE posterior samples of every image and of its flip, with the
-    encoder tokens as REPA targets; sharded, resumable, one shard range per device."""
+    encoder tokens as REPA targets; sharded, resumable, one shard range per device.
+    `sfd extract-latents` (sfd/latents/extract.py)."""
     input:
         data=data_path("train"),
         texture_vae=TEXTURE_VAE,
@@ -13,7 +14,7 @@ rule extract_latents:
     output:
         LATENTS,
     params:
-        **cfg("seed", "latents", "semantic_encoder"),
+        **reads("extract-latents"),
         state=parent("output"),
         encoder=option("--encoder", "encoder"),
     conda:
@@ -34,13 +35,14 @@ rule extract_latents:
 
 
 rule latent_stats:
-    """Mean/std per channel over a seeded sample of un-flipped latents."""
+    """Mean/std per channel over a seeded sample of un-flipped latents.
+    `sfd latent-stats` (sfd/latents/stats.py)."""
     input:
         LATENTS,
     output:
         STATS,
     params:
-        **cfg("seed", "latents.stats_samples"),
+        **reads("latent-stats"),
         latents=parent("input"),
     conda:
         "../envs/sfd.yaml"
@@ -62,11 +64,12 @@ if EXP.released_weights:
         fetch_released_stats,
 
     rule fetch_released_stats:
-        """The statistics the released checkpoints were trained with (spec §1.3: use them)."""
+        """The statistics the released checkpoints were trained with (docs/method.md §1.3: use them).
+        `sfd latent-stats` (sfd/latents/stats.py)."""
         output:
             RELEASED_STATS,
         params:
-            **cfg("latents.released_stats"),
+            **reads("latent-stats"),
             stats=parent("output"),
         conda:
             "../envs/sfd.yaml"

@@ -2,7 +2,8 @@
 
 
 rule table:
-    """One paper table or figure as CSV: run identity, measured metrics, the paper's, differences."""
+    """One paper table or figure as CSV: run identity, measured metrics, the paper's, differences.
+    `sfd table` (sfd/workflow/table.py)."""
     input:
         table_metrics,
     output:
@@ -13,7 +14,7 @@ rule table:
             labels={"table": "{table}"},
         ),
     params:
-        **cfg(lambda w: EXP.table_keys(w.table)),
+        **reads("table"),
     conda:
         "../envs/sfd.yaml"
     log:
@@ -24,12 +25,13 @@ rule table:
         mem_mb=1000,
         runtime=10,
     shell:
-        "sfd tables --config {params.experiment} --table {wildcards.table} --out {output} {input}"
+        "sfd table --config {params.experiment} --table {wildcards.table} --out {output} {input}"
         " > {log} 2>&1"
 
 
 rule plot:
-    """FID against the semantic lead delta_t or against training iterations, with the paper's."""
+    """FID against the semantic lead delta_t or against training iterations, with the paper's.
+    `sfd plot` (sfd/workflow/plot.py)."""
     input:
         "results/{table}.csv",
     output:
@@ -40,7 +42,7 @@ rule plot:
             labels={"figure": "{table}"},
         ),
     params:
-        **cfg(lambda w: f"tables.{w.table}.plot"),
+        **reads("plot"),
     conda:
         "../envs/sfd.yaml"
     log:
@@ -51,7 +53,7 @@ rule plot:
         mem_mb=1000,
         runtime=10,
     shell:
-        "sfd plots --config {params.experiment} --table {wildcards.table} --csv {input}"
+        "sfd plot --config {params.experiment} --table {wildcards.table} --csv {input}"
         " --out {output} > {log} 2>&1"
 
 

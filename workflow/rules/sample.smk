@@ -6,11 +6,12 @@ if EXP.released_weights:
         fetch_released,
 
     rule fetch_released:
-        """An EMA checkpoint released by the SFD authors (Hub repo `released.repo_id`)."""
+        """An EMA checkpoint released by the SFD authors (Hub repo `released.repo_id`).
+        `sfd fetch-released` (sfd/workflow/fetch_released.py)."""
         output:
             f"{E}/released/{{model}}/{{step}}.pt",
         params:
-            **cfg("released"),
+            **reads("fetch-released"),
             step=lambda w: int(w.step),
         conda:
             "../envs/sfd.yaml"
@@ -26,23 +27,24 @@ if EXP.released_weights:
             " --out {output} > {log} 2>&1"
 
 
-rule sample:
-    """Balanced labels, per-sample seeds (independent of the device count), uint8 shards."""
+rule sample_run:
+    """Balanced labels, per-sample seeds (independent of the device count), uint8 shards.
+    `sfd sample-run` (sfd/workflow/sample_run.py)."""
     input:
         unpack(sample_inputs),
     output:
         f"{E}/samples/{{run}}/index.json",
     params:
-        **cfg(lambda w: EXP.sample_keys(w.run)),
+        **reads("sample-run"),
         state=parent("output"),
         guide=option("--guide-ckpt", "guide"),
         stats=parent("stats"),
     conda:
         "../envs/sfd.yaml"
     log:
-        logfile("sample", "{run}"),
+        logfile("sample_run", "{run}"),
     benchmark:
-        benchfile("sample", "{run}")
+        benchfile("sample_run", "{run}")
     priority: sample_priority
     resources:
         mem_mb=16000,
@@ -55,7 +57,8 @@ rule sample:
 
 
 rule pack:
-    """The ADM evaluator's npz (class-mixed by a seeded permutation) and a sample grid."""
+    """The ADM evaluator's npz (class-mixed by a seeded permutation) and a sample grid.
+    `sfd pack` (sfd/pack.py)."""
     input:
         f"{E}/samples/{{run}}/index.json",
     output:
@@ -67,7 +70,7 @@ rule pack:
             labels={"run": "{run}"},
         ),
     params:
-        **cfg("sampling.pack_seed", "sampling.grid_classes", "sampling.grid_per_class"),
+        **reads("pack"),
         samples=parent("input"),
     conda:
         "../envs/sfd.yaml"

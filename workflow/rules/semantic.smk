@@ -4,13 +4,14 @@
 if ENCODER:
 
     rule train_semantic_encoder:
-        """The toy ViT, trained as a classifier of the toy labels; its tokens are the semantics."""
+        """The toy ViT, trained as a classifier of the toy labels; its tokens are the semantics.
+        `sfd train-semantic-encoder` (sfd/semantic/train_encoder.py)."""
         input:
             data_path("train"),
         output:
             ENCODER,
         params:
-            **cfg("seed", "semantic_encoder"),
+            **reads("train-semantic-encoder"),
         conda:
             "../envs/sfd.yaml"
         log:
@@ -27,14 +28,15 @@ if ENCODER:
 
 
 rule extract_features:
-    """Encoder patch tokens of the training images: the Semantic VAE's training set (spec §1.2)."""
+    """Encoder patch tokens of the training images: the Semantic VAE's training set (docs/method.md §1.2).
+    `sfd extract-features` (sfd/semantic/features.py)."""
     input:
         data=data_path("train"),
         **encoder_input(),
     output:
         FEATURES,
     params:
-        **cfg("semantic_encoder"),
+        **reads("extract-features"),
         state=parent("output"),
         encoder=option("--encoder", "encoder"),
     conda:
@@ -54,13 +56,14 @@ rule extract_features:
 
 
 rule train_semvae:
-    """The Semantic VAE (tokens -> semantic latent), resumable from its run directory."""
+    """The Semantic VAE (tokens -> semantic latent), resumable from its run directory.
+    `sfd train-semvae` (sfd/semantic/train_semvae.py)."""
     input:
         FEATURES,
     output:
         SEMVAE,
     params:
-        **cfg("seed", "semvae"),
+        **reads("train-semvae"),
         state=f"{E}/semantic/semvae_run",
         features=parent("input"),
     conda:

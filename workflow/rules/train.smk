@@ -6,14 +6,15 @@
 
 
 rule train:
-    """Train `model` up to `step`; its EMA at `step` is what sampling uses."""
+    """Train `model` up to `step`; its EMA at `step` is what sampling uses.
+    `sfd train` (sfd/train.py)."""
     input:
         unpack(train_inputs),
     output:
         checkpoint=f"{E}/train/{{model}}/{{step}}/checkpoints/{{step}}.pt",
         ema=f"{E}/train/{{model}}/{{step}}/ema/{{step}}.pt",
     params:
-        **cfg(lambda w: EXP.train_keys(w.model)),
+        **reads("train"),
         state=parent("checkpoint", levels=2),
         latents=parent("latents"),
         init=option("--init-from", "init"),

@@ -1,4 +1,4 @@
-"""`sfd tables`: one results CSV per paper table or figure, measured values beside the paper's.
+"""`sfd table`: one results CSV per paper table or figure, measured values beside the paper's.
 
 A row is one of
   * `measured`: a run of this experiment (identity from the config, metrics from its JSON) with
@@ -22,6 +22,9 @@ from sfd.io import write_text
 from sfd.workflow.matrix import Experiment, load, paper_tables
 
 log = logging.getLogger("sfd.tables")
+
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ("name", "tables.{table}", "runs.{runs}", "models.{models}.model")
 
 IDENTITY = ("kind", "run", "model", "model_type", "source", "step", "delta_t", "guidance",
             "guidance_model", "guidance_step", "guidance_scale", "num_samples", "metric_label")
@@ -139,7 +142,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    exp = load(args.config)
+    exp = load(args.config, __name__, table=args.table)
     header, rows = build_table(exp, args.table, read_metrics(args.metrics))
     write_text(to_csv(header, rows), args.out)
     log.info("wrote %s: %d rows (%d measured)", args.out, len(rows),

@@ -1,4 +1,4 @@
-"""`sfd plots`: the paper's figures from a results CSV of `sfd tables`.
+"""`sfd plot`: the paper's figures from a results CSV of `sfd table`.
 
 * `delta_t`: FID against the semantic lead Δt (the paper's Δt ablation);
 * `step`:    FID against training iterations on log-log axes (the paper's Figure 1(b)), one
@@ -21,6 +21,9 @@ from sfd.io import atomic_path  # noqa: E402
 from sfd.workflow.matrix import load  # noqa: E402
 
 log = logging.getLogger("sfd.plots")
+
+# Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
+READS = ("name", "tables.{table}.plot")
 
 _SUFFIX = {"K": 1e3, "M": 1e6}
 
@@ -86,14 +89,14 @@ def draw(rows: list[dict], kind: str, title: str, out: Path) -> None:
 def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML (tables.<table>.plot)")
     parser.add_argument("--table", required=True, help="a key of `tables` with plot: delta_t | step")
-    parser.add_argument("--csv", required=True, type=Path, help="its results CSV (sfd tables)")
+    parser.add_argument("--csv", required=True, type=Path, help="its results CSV (sfd table)")
     parser.add_argument("--out", required=True, type=Path, help="PNG to write")
 
 
 def main(args) -> int:
     from sfd.config import ConfigError
 
-    exp = load(args.config)
+    exp = load(args.config, __name__, table=args.table)
     kind = exp.table(args.table)["plot"]
     if kind == "none":
         raise ConfigError(f"{args.config}: tables.{args.table}.plot is none: nothing to draw")
