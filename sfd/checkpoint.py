@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from sfd.errors import UserError
+from sfd.errors import UserError, first_line
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -58,7 +58,8 @@ def _torch_load(path: Path, allow_unsafe: bool):
     except pickle.UnpicklingError as err:
         pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if pickled is None:
-            raise CheckpointError(f"{path}: not a readable torch checkpoint (corrupt?): {err}") from None
+            raise CheckpointError(f"{path}: not a readable torch checkpoint (corrupt?): {first_line(err)}") \
+                from None
         if not allow_unsafe:
             raise CheckpointError(
                 f"{path}: holds pickled Python objects ({pickled[1]}), so the safe loader "
@@ -67,13 +68,15 @@ def _torch_load(path: Path, allow_unsafe: bool):
             ) from None
     except Exception as err:
         raise CheckpointError(
-            f"{path}: not a readable torch checkpoint (truncated or corrupt?): {type(err).__name__}: {err}"
+            f"{path}: not a readable torch checkpoint (truncated or corrupt?): {type(err).__name__}: "
+            f"{first_line(err)}"
         ) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
         raise CheckpointError(
-            f"{path}: could not be unpickled even with weights_only=False: {type(err).__name__}: {err}"
+            f"{path}: could not be unpickled even with weights_only=False: {type(err).__name__}: "
+            f"{first_line(err)}"
         ) from None
 
 

@@ -18,3 +18,10 @@ class InputError(UserError, ValueError):
 
 class MissingInputError(UserError, FileNotFoundError):
     """A required input file or directory that does not exist (yet)."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of a library's error message (torch's run to a paragraph), for a one-line
+    UserError that quotes it."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

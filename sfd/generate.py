@@ -239,22 +239,26 @@ def sample(
     torch.backends.cudnn.allow_tf32 = False
     # Every input is loaded (the checkpoints into their models) before anything is written.
     num_classes = meta["num_classes"]
+    models = [load_ema_model(cfg, name, path, num_classes, device, allow_unsafe, source)
+              for name, path in ((model_name, ckpt), (guide_model, guide_ckpt))[: 1 + ag]]
     sampler = ImageSampler(
-        model=load_ema_model(cfg, model_name, ckpt, num_classes, device, allow_unsafe, source),
-        weak=load_ema_model(cfg, guide_model, guide_ckpt, num_classes, device, allow_unsafe, source) if ag else None,
+        model=models[0], weak=models[1] if ag else None,
         vae=load_texture_vae(texture_vae).to(device).eval(), stats=load_stats(latents), settings=scfg,
         guide=guide, num_samples=n, num_classes=num_classes, delta_t=meta["model"]["semfirst_delta_t"],
-        interval_mode=meta["model"]["semfirst_infer_interval_mode"], multiplier=meta["multiplier"], device=device,
+        interval_mode=meta["model"]["semfirst_infer_interval_mode"], multiplier=meta["multiplier"],
+        device=device,
     )
     shards = shard_ranges(n, scfg["shard_size"])
     with dist.output_lock(out):
         if rank == 0:
             _claim(out, meta)
         dist.barrier()
-        mine = [j for j in range(len(shards)) if j % world == rank and read_shard(shard_path(out, j), *shards[j]) is None]
+        mine = [j for j in range(len(shards))
+                if j % world == rank and read_shard(shard_path(out, j), *shards[j]) is None]
         dist.print0(
             f"sampling {n} images of {model_name} ({ckpt}) with {guide['guidance']} s={guide['cfg_scale']}, "
-            f"{scfg['method']}: {len(shards)} shards of {scfg['shard_size']} on {world} ranks, {len(mine)} to make on rank 0"
+            f"{scfg['method']}: {len(shards)} shards of {scfg['shard_size']} on {world} ranks, "
+            f"{len(mine)} to make on rank 0"
         )
         _make_shards(sampler, out, [(j, *shards[j]) for j in mine], scfg["batch_size"], rank)
         dist.barrier()

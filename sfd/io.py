@@ -85,8 +85,9 @@ def output_errors(path):
     except Exception as err:
         code = _errno(err)
         if code in _DISK_FULL:
-            raise OutputError(f"{path}: disk full while writing ({_size(_free_bytes(Path(path).parent))} free "
-                              "there); free some space and rerun") from None
+            free = _size(_free_bytes(Path(path).parent))
+            raise OutputError(f"{path}: disk full while writing ({free} free there); free some space and "
+                              "rerun") from None
         if code in _NOT_WRITABLE:
             raise OutputError(f"{path}: cannot write here ({os.strerror(code)}); fix the permissions or "
                               "choose another output path") from None
@@ -296,7 +297,7 @@ def directory_lock(directory, sweep: tuple[str, ...] = (".",)):
     directory = Path(directory)
     top = next((p for p in reversed([directory, *directory.parents]) if not p.exists()), None)
     path = directory / LOCK_NAME
-    with output_errors(path):
+    with output_errors(directory):
         directory.mkdir(parents=True, exist_ok=True)
         fd = _open_locked(path)
     if fd is None:
@@ -304,8 +305,8 @@ def directory_lock(directory, sweep: tuple[str, ...] = (".",)):
         raise LockedError(f"{directory}: in use by {holder} (lock file {path}); wait for that run or stop it")
     try:
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-                 .encode())
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode())
         for sub in sweep:
             sweep_temps(directory / sub)
         yield path

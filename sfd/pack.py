@@ -79,8 +79,8 @@ def load_ordered(samples: Path, index: dict, staging: Path):
             with np.load(path) as shard:
                 indices, shard_images, shard_labels = shard["indices"], shard["images"], shard["labels"]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-            raise InputError(f"{path}: unreadable sample shard ({type(err).__name__}: {err}); run `sfd sample` "
-                             "again to redo it") from None
+            raise InputError(f"{path}: unreadable sample shard ({type(err).__name__}: {err}); run "
+                             "`sfd sample` again to redo it") from None
         if not np.array_equal(indices, np.arange(entry["start"], entry["stop"])):
             raise ConfigError(f"{path}: indices differ from index.json's range")
         if shard_images.shape[1:] != shape:

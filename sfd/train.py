@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from sfd import distributed as dist
 from sfd.config import ConfigError
+from sfd.errors import first_line
 from sfd.device import autocast, autocast_dtype
 from sfd.io import torch_save, write_text
 from sfd.reads import plain, view
@@ -153,7 +154,8 @@ def read_checkpoint(path: Path) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such checkpoint") from None
     except Exception as err:
-        raise UnreadableCheckpoint(f"{path}: unreadable checkpoint (truncated?): {type(err).__name__}: {err}") from None
+        raise UnreadableCheckpoint(f"{path}: unreadable checkpoint (truncated?): {type(err).__name__}: "
+                                   f"{first_line(err)}") from None
     if not isinstance(state, dict):
         raise ConfigError(f"{path}: not a training checkpoint (a {type(state).__name__})")
     for key in ("model", "ema", "opt", "step", "config", "model_name", "rng"):

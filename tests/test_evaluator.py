@@ -101,8 +101,10 @@ def test_reference_of_another_image_size_is_refused_unless_allowed(tmp_path):
 @pytest.mark.parametrize("values, needle", [((0, 2), "values in [0, 1]; were [0, 1] floats"),
                                             ((7, 1), "all the constant 7")], ids=["0..1", "constant"])
 def test_suspicious_value_ranges_warn(tmp_path, caplog, values, needle):
-    np.savez(tmp_path / "s.npz", arr_0=np.random.default_rng(0).integers(*values, (10, 8, 8, 3), dtype=np.uint8)
-             if values[1] > 1 else np.full((10, 8, 8, 3), values[0], np.uint8))
+    rng = np.random.default_rng(0)
+    constant = values[1] == 1
+    np.savez(tmp_path / "s.npz", arr_0=np.full((10, 8, 8, 3), values[0], np.uint8) if constant
+             else rng.integers(*values, (10, 8, 8, 3), dtype=np.uint8))
     np.savez(tmp_path / "ref.npz", arr_0=images(10))
     with pytest.raises(EvalInputError, match="missing.pb"):
         evaluate(tmp_path / "s.npz", tmp_path / "ref.npz", tmp_path / "missing.pb")

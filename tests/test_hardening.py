@@ -181,7 +181,8 @@ def assets(tmp_path_factory):
     train_tiny(root / "exp.yaml", latents, root / "run", until=2)
     make_texture_vae(root / "vae.pt")
     rng = np.random.default_rng(0)
-    save_npz(root / "toy.npz", rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8), np.arange(8) % 4, list("abcd"))
+    images = rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    save_npz(root / "toy.npz", images, np.arange(8) % 4, list("abcd"))
     corrupt = root / "corrupt"
     corrupt.mkdir()
     (corrupt / "trunc.pt").write_bytes((root / "run" / "ema" / "0000002.pt").read_bytes()[:300])
@@ -203,73 +204,73 @@ def assets(tmp_path_factory):
     return root
 
 
-def _sample_args(a, out, ckpt=None, model="tiny", latents=None, vae=None):
-    return ["sample", "--config", str(a / "exp.yaml"), "--model", model, "--ckpt",
-            str(ckpt or a / "run" / "ema" / "0000002.pt"), "--latents", str(latents or a / "latents"),
-            "--texture-vae", str(vae or a / "vae.pt"), "--out", str(out), "--num-samples", "8"]
+P = Path  # a path under the asset root
+SAMPLE = {"model": "tiny", "ckpt": P("run/ema/0000002.pt"), "latents": P("latents"),
+          "texture_vae": P("vae.pt"), "out": P("out"), "num_samples": "8"}
+TRAIN = {"model": "tiny", "latents": P("latents"), "run_dir": P("out"), "until_step": "1"}
+EXTRACT = {"data": P("toy.npz"), "texture_vae": P("vae.pt"), "semvae": P("nope.pt"), "out": P("out")}
 
 
-def _train_args(a, latents, run_dir, model="tiny"):
-    return ["train", "--config", str(a / "exp.yaml"), "--model", model, "--latents", str(latents),
-            "--run-dir", str(run_dir), "--until-step", "1"]
+def _sfd(root: Path, command: str, **flags) -> list[str]:
+    """argv of `sfd COMMAND --config exp.yaml --flag value ...`; Path values are taken under `root`."""
+    argv = [command, "--config", str(root / "exp.yaml")]
+    for flag, value in flags.items():
+        argv += [f"--{flag.replace('_', '-')}", str(root / value if isinstance(value, Path) else value)]
+    return argv
 
 
-BAD_INPUTS = {  # id -> (argv of the asset root, text the one line must hold)
-    "sample/truncated-ckpt": (lambda a: _sample_args(a, a / "out", ckpt=a / "corrupt" / "trunc.pt"),
-                              "trunc.pt: not a readable torch checkpoint"),
-    "sample/text-ckpt": (lambda a: _sample_args(a, a / "out", ckpt=a / "corrupt" / "text.pt"), "text.pt: "),
-    "sample/ckpt-of-another-size": (lambda a: _sample_args(a, a / "out", model="other"),
+def _sample_args(root, out, **flags):
+    return _sfd(root, "sample", **{**SAMPLE, "out": Path(out), **flags})
+
+
+BAD_INPUTS = {  # id -> (command, flags, text the one line must hold)
+    "sample/truncated-ckpt": ("sample", {**SAMPLE, "ckpt": P("corrupt/trunc.pt")},
+                              "trunc.pt: not a readable torch"),
+    "sample/text-ckpt": ("sample", {**SAMPLE, "ckpt": P("corrupt/text.pt")}, "text.pt: not a readable torch"),
+    "sample/ckpt-of-another-size": ("sample", {**SAMPLE, "model": "other"},
                                     "0000002.pt (models.other): architecture mismatch"),
-    "sample/missing-ckpt": (lambda a: _sample_args(a, a / "out", ckpt=a / "nope.pt"), "nope.pt: no such file"),
-    "sample/truncated-vae": (lambda a: _sample_args(a, a / "out", vae=a / "corrupt" / "trunc.pt"), "trunc.pt"),
-    "sample/latents-without-stats": (lambda a: _sample_args(a, a / "out", latents=a / "corrupt"),
+    "sample/missing-ckpt": ("sample", {**SAMPLE, "ckpt": P("nope.pt")}, "nope.pt: no such file"),
+    "sample/truncated-vae": ("sample", {**SAMPLE, "texture_vae": P("corrupt/trunc.pt")},
+                             "trunc.pt: not a readable"),
+    "sample/latents-without-stats": ("sample", {**SAMPLE, "latents": P("corrupt")},
                                      "latents_stats.pt: missing"),
-    "sample/unknown-model": (lambda a: _sample_args(a, a / "out", model="nope"), "models.nope: no such model"),
-    "sample/out-under-a-file": (lambda a: _sample_args(a, a / "a_file" / "out"), "a_file/out"),
-    "train/latents-without-index": (lambda a: _train_args(a, a / "corrupt" / "no_index", a / "out"),
+    "sample/unknown-model": ("sample", {**SAMPLE, "model": "nope"}, "models.nope: no such model"),
+    "sample/out-under-a-file": ("sample", {**SAMPLE, "out": P("a_file/out")},
+                                "a_file/out: cannot write here"),
+    "train/latents-without-index": ("train", {**TRAIN, "latents": P("corrupt/no_index")},
                                     "no_index/index.json: missing"),
-    "train/corrupt-latent-shard": (lambda a: _train_args(a, a / "corrupt" / "bad_shard", a / "out"),
+    "train/corrupt-latent-shard": ("train", {**TRAIN, "latents": P("corrupt/bad_shard")},
                                    "bad_shard/shard-00000.safetensors: unreadable shard"),
-    "train/missing-latents": (lambda a: _train_args(a, a / "nope", a / "out"), "nope/index.json: missing"),
-    "train/unknown-model": (lambda a: _train_args(a, a / "latents", a / "out", model="nope"), "models.nope"),
-    "train/run-dir-under-a-file": (lambda a: _train_args(a, a / "latents", a / "a_file" / "run"), "a_file/run"),
-    "train-tokenizer/truncated-npz": (lambda a: ["train-tokenizer", "--config", str(a / "exp.yaml"), "--data",
-                                                 str(a / "corrupt" / "trunc.npz"), "--out", str(a / "out.pt")],
+    "train/missing-latents": ("train", {**TRAIN, "latents": P("nope")}, "nope/index.json: missing"),
+    "train/unknown-model": ("train", {**TRAIN, "model": "nope"}, "models.nope"),
+    "train/run-dir-under-a-file": ("train", {**TRAIN, "run_dir": P("a_file/run")},
+                                   "a_file/run: cannot write here"),
+    "train-tokenizer/truncated-npz": ("train-tokenizer", {"data": P("corrupt/trunc.npz"), "out": P("o.pt")},
                                       "trunc.npz: not a readable npz"),
-    "extract-latents/truncated-npz": (lambda a: ["extract-latents", "--config", str(a / "exp.yaml"), "--data",
-                                                 str(a / "corrupt" / "trunc.npz"), "--texture-vae",
-                                                 str(a / "vae.pt"), "--semvae", str(a / "nope.pt"), "--out",
-                                                 str(a / "out")], "trunc.npz: not a readable npz"),
-    "extract-latents/missing-semvae": (lambda a: ["extract-latents", "--config", str(a / "exp.yaml"), "--data",
-                                                  str(a / "toy.npz"), "--texture-vae", str(a / "vae.pt"),
-                                                  "--semvae", str(a / "nope.pt"), "--out", str(a / "out")],
-                                       "nope.pt: no such file"),
-    "extract-features/truncated-encoder": (lambda a: ["extract-features", "--config", str(a / "exp.yaml"),
-                                                      "--data", str(a / "toy.npz"), "--encoder",
-                                                      str(a / "corrupt" / "trunc.pt"), "--out", str(a / "out")],
-                                           "trunc.pt: not a readable encoder weights file"),
-    "train-semvae/features-without-index": (lambda a: ["train-semvae", "--config", str(a / "exp.yaml"),
-                                                       "--features", str(a / "corrupt"), "--out",
-                                                       str(a / "out.pt")], "corrupt/index.json: no features"),
-    "latent-stats/latents-without-index": (lambda a: ["latent-stats", "--config", str(a / "exp.yaml"),
-                                                      "--latents", str(a / "corrupt" / "no_index")],
+    "extract-latents/truncated-npz": ("extract-latents", {**EXTRACT, "data": P("corrupt/trunc.npz")},
+                                      "trunc.npz: not a readable npz"),
+    "extract-latents/missing-semvae": ("extract-latents", EXTRACT, "nope.pt: no such file"),
+    "extract-features/truncated-encoder": (
+        "extract-features", {"data": P("toy.npz"), "encoder": P("corrupt/trunc.pt"), "out": P("out")},
+        "trunc.pt: not a readable encoder weights file"),
+    "train-semvae/features-without-index": ("train-semvae", {"features": P("corrupt"), "out": P("o.pt")},
+                                            "corrupt/index.json: no features"),
+    "latent-stats/latents-without-index": ("latent-stats", {"latents": P("corrupt/no_index")},
                                            "no_index/index.json: missing"),
-    "pack/no-index": (lambda a: ["pack", "--config", str(a / "exp.yaml"), "--samples", str(a / "corrupt"),
-                                 "--out", str(a / "out.npz")], "corrupt/index.json: no sample index"),
-    "pack/torn-shard": (lambda a: ["pack", "--config", str(a / "exp.yaml"), "--samples",
-                                   str(a / "corrupt" / "samples"), "--out", str(a / "out.npz")],
+    "pack/no-index": ("pack", {"samples": P("corrupt"), "out": P("o.npz")},
+                      "corrupt/index.json: no sample index"),
+    "pack/torn-shard": ("pack", {"samples": P("corrupt/samples"), "out": P("o.npz")},
                         "shard-00000.npz: unreadable sample shard"),
-    "pack/out-under-a-file": (lambda a: ["pack", "--config", str(a / "exp.yaml"), "--samples",
-                                         str(a / "corrupt" / "samples"), "--out", str(a / "a_file" / "o.npz")],
+    "pack/out-under-a-file": ("pack", {"samples": P("corrupt/samples"), "out": P("a_file/o.npz")},
                               "a_file/o.npz: cannot write here"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(assets, case, capsys):
-    argv, needle = BAD_INPUTS[case]
+    command, flags, needle = BAD_INPUTS[case]
     before = tree(assets)
-    assert cli.main(argv(assets)) == 2
+    assert cli.main(_sfd(assets, command, **flags)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 or not any("Traceback" in line for line in err), err
     line = [x for x in err if x.startswith(f"sfd {case.split('/')[0]}: error: ")]
@@ -302,7 +303,7 @@ def test_pack_refuses_a_full_disk_before_writing_and_never_dies_of_sigbus(assets
 
 def test_sample_with_a_wrong_checkpoint_writes_nothing_and_the_corrected_rerun_works(assets, tmp_path):
     out = tmp_path / "s"
-    assert cli.main(_sample_args(assets, out, ckpt=assets / "corrupt" / "trunc.pt")) == 2
+    assert cli.main(_sample_args(assets, out, ckpt=P("corrupt/trunc.pt"))) == 2
     assert not out.exists()
     out.mkdir()
     assert cli.main(_sample_args(assets, out, model="other")) == 2

@@ -15,7 +15,8 @@ import yaml
 from sfd.config import ConfigError, validate
 from sfd.train import EXIT_SUSPENDED, StepBatches, step_seeds, train
 
-from engine_fixtures import ENV, hidden_files, make_latents, one_thread, plant_leftovers, tiny_experiment  # noqa: F401
+from engine_fixtures import (ENV, hidden_files, make_latents, one_thread, plant_leftovers,  # noqa: F401
+                             tiny_experiment)
 
 STEPS = 24  # long enough that a killed subprocess is still running when the signal lands
 

@@ -110,11 +110,11 @@ def range_warning(batch: ImageBatch, probe: int = 256) -> str | None:
     low, high = 255, 0
     for images in iter_images(batch, probe, min(probe, batch.count)):
         low, high = min(low, int(images.min())), max(high, int(images.max()))
+    first = f"{batch.path}: the first {min(probe, batch.count)} images"
     if high <= 1:
-        return (f"{batch.path}: the first {min(probe, batch.count)} images only take values in [{low}, {high}]; "
-                "were [0, 1] floats cast to uint8 without scaling by 255?")
+        return f"{first} only take values in [{low}, {high}]; were [0, 1] floats cast to uint8 unscaled?"
     if low == high:
-        return f"{batch.path}: the first {min(probe, batch.count)} images are all the constant {low}"
+        return f"{first} are all the constant {low}"
     return None
 
 

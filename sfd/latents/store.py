@@ -88,7 +88,8 @@ def read_index(directory) -> dict:
     try:
         index = json.loads(path.read_text())
     except ValueError as err:
-        raise InputError(f"{path}: not valid JSON ({err}); rerun `sfd extract-latents` to rewrite it") from None
+        raise InputError(f"{path}: not valid JSON ({err}); rerun `sfd extract-latents` to rewrite it") \
+            from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise InputError(f"{path}: format {index.get('format')!r}, expected {FORMAT!r}")
     for key in (TEXTURE, SEMANTIC, FEATS, "labels"):

@@ -194,7 +194,8 @@ def arch_from_checkpoint(ckpt: dict, source) -> SemVAEArch:
     try:
         arch = SemVAEArch.from_official(_resolve(config["model"], config), int(ckpt["input_dim"]))
     except (KeyError, TypeError) as err:
-        raise CheckpointError(f"{source}: embedded config `model:` section: missing or bad key {err}") from None
+        raise CheckpointError(f"{source}: embedded config `model:` section: missing or bad key {err}") \
+            from None
     if arch.arch not in ARCHS:
         raise CheckpointError(f"{source}: unknown arch {arch.arch!r} in the embedded config")
     return arch

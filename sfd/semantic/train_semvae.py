@@ -137,7 +137,8 @@ def latest_checkpoint(directory: Path, device) -> tuple[Path, dict] | None:
         try:
             return path, torch.load(path, map_location=device, weights_only=True)
         except Exception as err:
-            log.warning("skipping unreadable checkpoint %s (%s); its steps are redone", path, type(err).__name__)
+            log.warning("skipping unreadable checkpoint %s (%s); its steps are redone", path,
+                        type(err).__name__)
     return None
 
 
@@ -174,8 +175,8 @@ def train(exp: dict, features, eval_features, out, run_dir) -> dict:
         return _train(exp, data, eval_data, eval_indices, train_items, Path(out), Path(run_dir))
 
 
-def _train(exp: dict, data: FeatureShards, eval_data: FeatureShards, eval_indices, train_items: int, out: Path,
-           run_dir: Path) -> dict:
+def _train(exp: dict, data: FeatureShards, eval_data: FeatureShards, eval_indices, train_items: int,
+           out: Path, run_dir: Path) -> dict:
     section, t, seed = exp["semvae"], exp["semvae"]["train"], exp["seed"]
     device = get_device(exp["device"])
     ckpt_dir = run_dir / "checkpoints"

@@ -49,7 +49,8 @@ def train_texture_vae(images: np.ndarray, arch: dict, train: dict, seed: int) ->
     """Train on `images` (uint8 [N, H, W, 3]) minus a seeded hold-out; returns (model, metrics)."""
     holdout = train["holdout"]
     if holdout >= len(images):
-        raise ConfigError(f"texture_vae.train.holdout={holdout} leaves no training images out of {len(images)}")
+        raise ConfigError(f"texture_vae.train.holdout={holdout} leaves no training images out of "
+                          f"{len(images)}")
     order = np.random.default_rng(seed).permutation(len(images))
     held, x_train = images[order[:holdout]], images_to_tensor(images[order[holdout:]])
     with torch.random.fork_rng(devices=[]):

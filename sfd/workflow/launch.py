@@ -57,7 +57,7 @@ def prepare_state(state: Path, digest: str) -> bool:
         if previous == digest:
             return True
         with directory_lock(state, sweep=()):  # never wipe the directory of a running command
-            if any(p.is_file() and p.name != LOCK_NAME for p in state.rglob("*")):  # more than Snakemake's folders
+            if any(p.is_file() and p.name != LOCK_NAME for p in state.rglob("*")):  # not just empty dirs
                 log.info("%s holds results of another configuration or input (%s): removing it",
                          state, "no stamp" if previous is None else previous[:12])
             shutil.rmtree(state)
