@@ -94,13 +94,13 @@ def output_errors(path):
         raise
 
 
-def require_writable(path) -> None:
-    """Check, before any work, that the file `path` can be created or replaced: its directory (or
-    the first existing one above it) is a writable directory."""
+def require_writable(path, directory: bool = False) -> None:
+    """Check, before any work, that the file `path` (or, with `directory`, files in the directory
+    `path`) can be created or replaced: the first existing directory on the way is writable."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not directory:
         raise OutputError(f"{path}: is a directory; give a file name")
-    where = _existing_ancestor(path.parent)
+    where = _existing_ancestor(path if directory else path.parent)
     if not where.is_dir() or not os.access(where, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: cannot write here ({where} is not a writable directory); fix the "
                           "permissions or choose another output path")

@@ -113,6 +113,9 @@ def test_unwritable_output_is_one_error_naming_the_file(tmp_path, monkeypatch):
         sio.require_writable(tmp_path / "file" / "m.json")
     with pytest.raises(OutputError, match="is a directory"):
         sio.require_writable(tmp_path)
+    sio.require_writable(tmp_path, directory=True)
+    with pytest.raises(OutputError, match="file/cache: cannot write here"):
+        sio.require_writable(tmp_path / "file" / "cache", directory=True)
 
 
 def test_sweep_removes_the_temporary_files_of_killed_writes_only(tmp_path):

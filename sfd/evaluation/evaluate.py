@@ -105,7 +105,7 @@ def evaluate(
         if (warning := range_warning(batch)) is not None:
             log.warning("%s", warning)
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    require_writable(cache_dir / "reference.npz")
+    require_writable(cache_dir, directory=True)
     count = samples.count if num_samples is None else num_samples
     for batch, n in ((samples, count), (reference, reference.count)):
         if n <= PR_NEIGHBOURHOOD:
