@@ -58,8 +58,8 @@ def _torch_load(path: Path, allow_unsafe: bool):
     except pickle.UnpicklingError as err:
         pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if pickled is None:
-            raise CheckpointError(f"{path}: not a readable torch checkpoint (corrupt?): {first_line(err)}") \
-                from None
+            raise CheckpointError(f"{path}: not a readable torch checkpoint (unpickling failed: corrupt, or "
+                                  "another kind of file)") from None
         if not allow_unsafe:
             raise CheckpointError(
                 f"{path}: holds pickled Python objects ({pickled[1]}), so the safe loader "

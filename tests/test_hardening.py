@@ -229,7 +229,7 @@ def _sample_args(root, out, **flags):
 BAD_INPUTS = {  # id -> (command, flags, text the one line must hold)
     "sample/truncated-ckpt": ("sample", {**SAMPLE, "ckpt": P("corrupt/trunc.pt")},
                               "trunc.pt: not a readable torch"),
-    "sample/text-ckpt": ("sample", {**SAMPLE, "ckpt": P("corrupt/text.pt")}, "text.pt: not a readable torch"),
+    "sample/text-ckpt": ("sample", {**SAMPLE, "ckpt": P("corrupt/text.pt")}, "text.pt: not a readable torch checkpoint (unpickling"),
     "sample/ckpt-of-another-size": ("sample", {**SAMPLE, "model": "other"},
                                     "0000002.pt (models.other): architecture mismatch"),
     "sample/missing-ckpt": ("sample", {**SAMPLE, "ckpt": P("nope.pt")}, "nope.pt: no such file"),
