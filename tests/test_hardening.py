@@ -298,6 +298,13 @@ def test_pack_refuses_a_full_disk_before_writing_and_never_dies_of_sigbus(assets
     with pytest.raises(OutputError, match=r"out\.npz: disk full"):
         pack(tmp_path / "s", tmp_path / "out" / "out.npz", seed=1, grid=None, rows=1, per_class=1)
     assert list((tmp_path / "out").iterdir()) == []
+    monkeypatch.undo()
+    plant_leftovers(tmp_path / "out", "out.npz")  # a pack killed while staging or writing
+    (tmp_path / "out" / ".other.npz.x.sfd-tmp.npz").write_bytes(b"another target's: not ours to sweep")
+    pack(tmp_path / "s", tmp_path / "out" / "out.npz", seed=1, grid=None, rows=1, per_class=1)
+    # a shared directory: only out.npz's temporary files are pack's to remove
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".other.npz.x.sfd-tmp.npz", ".tmpAb12Cd",
+                                                                     "out.npz"]
 
 
 # ----------------------------------------------------------------------------
