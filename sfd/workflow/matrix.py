@@ -158,46 +158,54 @@ def load(path, module: str | None = None, **names) -> Experiment:
 
 def check(exp: Experiment) -> None:
     """Relations between sections that a JSON schema cannot state; errors name the key."""
-    cfg, src = exp.cfg, exp.path
-    models = cfg["models"]
-    for name in models:
+    _check_models(exp)
+    _check_runs(exp)
+    _check_tables(exp)
+
+
+def _check_models(exp: Experiment) -> None:
+    for name, model in exp.cfg["models"].items():
         if not _NAME.match(name):
-            raise ConfigError(f"{src}: models.{name}: model names may hold only letters, digits, _")
-    for name, model in models.items():
+            raise ConfigError(f"{exp.path}: models.{name}: model names may hold only letters, digits, _")
         train = model["train"]
         last = max(train["budgets"])
         late = [s for s in train["keep_steps"] if s > last]
         if late:
             raise ConfigError(
-                f"{src}: models.{name}.train.keep_steps: {late} lie beyond the last budget {last}"
+                f"{exp.path}: models.{name}.train.keep_steps: {late} lie beyond the last budget {last}"
             )
-    released = cfg["released"]["checkpoints"]
+
+
+def _check_weights(exp: Experiment, key: str, model, step, source: str) -> None:
+    """`model` at `step` exists: a released checkpoint listed in `released`, or an export step."""
+    models = exp.cfg["models"]
+    if model not in models:
+        raise ConfigError(f"{exp.path}: {key}: {model!r} is not a key of models (known: {_known(models)})")
+    if source == "released":
+        if model not in exp.cfg["released"]["checkpoints"]:
+            raise ConfigError(
+                f"{exp.path}: {key}: released weights of {model!r} are not listed in released.checkpoints"
+            )
+        return
+    available = exp.export_steps(model)
+    if step not in available:
+        raise ConfigError(
+            f"{exp.path}: {key}: step {step} of {model!r} is neither a budget nor a keep_step "
+            f"(available: {available})"
+        )
+
+
+def _check_runs(exp: Experiment) -> None:
+    cfg, src = exp.cfg, exp.path
     if any(run["source"] == "released" for run in cfg["runs"].values()) and cfg["latents"]["released_stats"] is None:
         raise ConfigError(f"{src}: latents.released_stats: runs with source released need the released statistics")
-
-    def check_weights(key: str, model, step, source: str) -> None:
-        if model not in models:
-            raise ConfigError(f"{src}: {key}: {model!r} is not a key of models (known: {_known(models)})")
-        if source == "released":
-            if model not in released:
-                raise ConfigError(
-                    f"{src}: {key}: released weights of {model!r} are not listed in released.checkpoints"
-                )
-            return
-        available = exp.export_steps(model)
-        if step not in available:
-            raise ConfigError(
-                f"{src}: {key}: step {step} of {model!r} is neither a budget nor a keep_step "
-                f"(available: {available})"
-            )
-
     for name, run in cfg["runs"].items():
-        check_weights(f"runs.{name}.model", run["model"], run["step"], run["source"])
+        _check_weights(exp, f"runs.{name}.model", run["model"], run["step"], run["source"])
         guidance = run["guidance"]
         if guidance["kind"] == "autoguidance":
             if guidance["model"] is None or guidance["step"] is None:
                 raise ConfigError(f"{src}: runs.{name}.guidance: autoguidance needs model and step")
-            check_weights(f"runs.{name}.guidance.model", guidance["model"], guidance["step"], run["source"])
+            _check_weights(exp, f"runs.{name}.guidance.model", guidance["model"], guidance["step"], run["source"])
         elif guidance["model"] is not None or guidance["step"] is not None:
             raise ConfigError(
                 f"{src}: runs.{name}.guidance: model/step are for autoguidance, kind is {guidance['kind']!r}"
@@ -210,6 +218,9 @@ def check(exp: Experiment) -> None:
         if guidance["kind"] != "none" and guidance["scale"] <= 1:
             raise ConfigError(f"{src}: runs.{name}.guidance.scale: {guidance['kind']} acts only when scale > 1")
 
+
+def _check_tables(exp: Experiment) -> None:
+    cfg, src = exp.cfg, exp.path
     paper = paper_tables()
     for name, table in cfg["tables"].items():
         if table["paper"] is not None and table["paper"] not in paper:
