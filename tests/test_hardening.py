@@ -318,6 +318,7 @@ def test_sample_with_a_wrong_checkpoint_writes_nothing_and_the_corrected_rerun_w
     out.mkdir()
     assert cli.main(_sample_args(assets, out, model="other")) == 2
     assert list(out.iterdir()) == []
+    (out / "meta.json").write_text(json.dumps({"seed": 99}))  # left by an older sfd: no shard was made with it
     assert cli.main(_sample_args(assets, out)) == 0
     assert sorted(p.name for p in out.iterdir()) == ["index.json", "meta.json", "shard-00000.npz"]
 
