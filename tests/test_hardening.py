@@ -229,7 +229,8 @@ def _sample_args(root, out, **flags):
 BAD_INPUTS = {  # id -> (command, flags, text the one line must hold)
     "sample/truncated-ckpt": ("sample", {**SAMPLE, "ckpt": P("corrupt/trunc.pt")},
                               "trunc.pt: not a readable torch"),
-    "sample/text-ckpt": ("sample", {**SAMPLE, "ckpt": P("corrupt/text.pt")}, "text.pt: not a readable torch checkpoint (unpickling"),
+    "sample/text-ckpt": ("sample", {**SAMPLE, "ckpt": P("corrupt/text.pt")},
+                         "text.pt: not a readable torch checkpoint (unpickling failed"),
     "sample/ckpt-of-another-size": ("sample", {**SAMPLE, "model": "other"},
                                     "0000002.pt (models.other): architecture mismatch"),
     "sample/missing-ckpt": ("sample", {**SAMPLE, "ckpt": P("nope.pt")}, "nope.pt: no such file"),
@@ -318,7 +319,7 @@ def test_sample_with_a_wrong_checkpoint_writes_nothing_and_the_corrected_rerun_w
     out.mkdir()
     assert cli.main(_sample_args(assets, out, model="other")) == 2
     assert list(out.iterdir()) == []
-    (out / "meta.json").write_text(json.dumps({"seed": 99}))  # left by an older sfd: no shard was made with it
+    (out / "meta.json").write_text(json.dumps({"seed": 99}))  # an older sfd's: no shard was made with it
     assert cli.main(_sample_args(assets, out)) == 0
     assert sorted(p.name for p in out.iterdir()) == ["index.json", "meta.json", "shard-00000.npz"]
 
@@ -373,3 +374,36 @@ def test_launch_never_wipes_the_directory_of_a_running_command(tmp_path):
             launch.prepare_state(state, "b" * 64)
     assert (state / "checkpoint.pt").exists()
     assert launch.prepare_state(state, "b" * 64) is False and list(state.iterdir()) == [state / launch.STAMP]
+
+
+def test_train_killed_at_random_moments_resumes_bit_equal_with_no_leftovers(assets, tmp_path):
+    """`sfd train` SIGKILLed after a random number of checkpoints plus a random delay (so also
+    inside a save), twice; the rerun ends at the uninterrupted run's state with nothing else left."""
+    from sfd.config import validate
+    from sfd.train import train
+
+    cfg = yaml.safe_load((assets / "exp.yaml").read_text())
+    cfg["models"]["tiny"]["train"].update(budgets=[30], ckpt_every=2, keep_steps=[])
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    assert train(validate(cfg, "experiment"), "tiny", assets / "latents", tmp_path / "reference") == 0
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "sfd", "train", "--config", str(tmp_path / "exp.yaml"), "--model", "tiny",
+           "--latents", str(assets / "latents"), "--run-dir", str(run)]
+    rng = random.Random(5)
+    for _ in range(2):
+        proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wanted = len(list(run.glob("checkpoints/*.pt"))) + rng.randrange(1, 4)
+        while len(list(run.glob("checkpoints/*.pt"))) < wanted and proc.poll() is None:
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0, 0.05))
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL, "the run finished before it was killed"
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = tmp_path / "reference"
+    assert tree(run).keys() == tree(reference).keys()  # every final artifact, nothing else
+    final = torch.load(run / "checkpoints" / "0000030.pt", weights_only=True)
+    expected = torch.load(reference / "checkpoints" / "0000030.pt", weights_only=True)
+    for key in ("model", "ema"):
+        assert all(torch.equal(final[key][n], t) for n, t in expected[key].items()), key
+    assert (run / "ema" / "0000030.pt").read_bytes() == (reference / "ema" / "0000030.pt").read_bytes()
