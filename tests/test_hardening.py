@@ -1,8 +1,8 @@
 """Hardening (issue 11): umask modes, full disk, unwritable outputs, temporary files of killed runs,
-one lock per output directory, and a table of bad inputs that each get one line, exit 2 and
-leave every file as it was. Kill-and-resume of each resumable command with its leftovers is in
-the command's own test file (test_train, test_generate, test_latents, test_semantic, test_semvae)
-and, for `sfd sample` killed at random moments, here."""
+one lock per output directory, a table of bad inputs that each get one line, exit 2 and leave every
+file as it was, and `sfd sample` / `sfd train` SIGKILLed at seeded random moments. The other
+resumable commands' kill-and-resume tests (test_latents, test_semantic, test_semvae) also plant a
+kill-during-save's temporary files and a torn shard or checkpoint, and check that none survive."""
 
 import errno
 import json
