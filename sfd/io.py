@@ -229,6 +229,12 @@ class _RecordingWriter:
         self.f.flush()
 
 
+def append_jsonl(record: dict, path) -> None:
+    """Append one JSON line to a log (logs grow in place; a resume truncates what a kill tore)."""
+    with output_errors(path), open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def torch_save(obj, path) -> None:
     import torch
 

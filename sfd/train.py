@@ -45,7 +45,7 @@ from sfd import distributed as dist
 from sfd.config import ConfigError
 from sfd.errors import first_line
 from sfd.device import autocast, autocast_dtype
-from sfd.io import torch_save, write_text
+from sfd.io import append_jsonl, torch_save, write_text
 from sfd.reads import plain, view
 
 EXIT_SUSPENDED = 75  # EX_TEMPFAIL: checkpointed on request, run again to continue
@@ -332,7 +332,7 @@ def _train(cfg: dict, model_name: str, latents: Path, run_dir: Path, *, until_st
             t_now = time.perf_counter()
             record = _log_record(sums, count, step, sampler, tcfg["global_batch_size"], t_now - t_last, step - step_last)
             if rank == 0:
-                _append_log(run_dir / "log.jsonl", record)
+                append_jsonl(record, run_dir / "log.jsonl")
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
                 log.info(json.dumps(record))
             sums, count, t_last, step_last = {}, 0, t_now, step
@@ -444,11 +444,6 @@ def _log_record(sums, count, step, sampler, global_batch, elapsed, steps) -> dic
     record["images_per_s"] = global_batch * steps / max(elapsed, 1e-9)
     record["sec_per_step"] = elapsed / max(steps, 1)
     return record
-
-
-def _append_log(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def _truncate_log(path: Path, step: int) -> None:

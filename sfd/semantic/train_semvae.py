@@ -18,7 +18,6 @@ one: per-token cosine similarity (and MSE, L1, KL) of reconstructions of the fir
 `eval_samples` items of the eval features, averaged over eval batches.
 """
 
-import json
 import logging
 import math
 import time
@@ -32,7 +31,7 @@ from tqdm import tqdm
 
 from sfd.config import ConfigError
 from sfd.device import autocast, get_device
-from sfd.io import directory_lock, require_writable, sweep_temps, torch_save, write_json
+from sfd.io import append_jsonl, directory_lock, require_writable, sweep_temps, torch_save, write_json
 from sfd.reads import view
 from sfd.semantic.features import FeatureShards
 from sfd.semantic.semvae import SemanticVAE, SemVAEArch
@@ -201,8 +200,7 @@ def _train(exp: dict, data: FeatureShards, eval_data: FeatureShards, eval_indice
                            t["mixed_precision"], derive_seed(seed, 3))
         log.info("eval @ %d: per-token cosine %.4f  mse %.5f  l1 %.5f  kl %.2f",
                  step, metrics["cosine"], metrics["mse"], metrics["l1"], metrics["kl"])
-        with open(run_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, "eval": metrics}) + "\n")
+        append_jsonl({"step": step, "eval": metrics}, run_dir / "log.jsonl")
         return metrics
 
     order = EpochOrder(train_items, t["batch_size"], seed)
@@ -222,8 +220,7 @@ def _train(exp: dict, data: FeatureShards, eval_data: FeatureShards, eval_indice
             averages[key] = value if key not in averages else LOSS_MOMENTUM * averages[key] + (1 - LOSS_MOMENTUM) * value
         done = step + 1
         if done % t["log_every"] == 0 or done == t["iterations"]:
-            with open(run_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps({"step": done, "lr": opt.param_groups[0]["lr"], **averages}) + "\n")
+            append_jsonl({"step": done, "lr": opt.param_groups[0]["lr"], **averages}, run_dir / "log.jsonl")
         if done % t["eval_every"] == 0 and done < t["iterations"]:
             run_eval(done)
         if done % t["save_every"] == 0 and done < t["iterations"]:
