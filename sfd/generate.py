@@ -105,7 +105,7 @@ def latent_size(state_dict: dict, model_cfg: dict) -> int:
     return side * parse_model_type(model_cfg["model_type"])[1]
 
 
-def load_ema_model(cfg: dict, model_name: str, ckpt: Path, num_classes: int, device, allow_unsafe: bool, source: str):
+def load_ema_model(cfg: dict, model_name: str, ckpt: Path, num_classes: int, device, source: str):
     """models.<model_name> with the EMA weights of `ckpt` (any layout sfd.checkpoint accepts)."""
     from sfd.checkpoint import load_into, load_weights
     from sfd.models import build_model
@@ -113,7 +113,7 @@ def load_ema_model(cfg: dict, model_name: str, ckpt: Path, num_classes: int, dev
     if model_name not in cfg.get("models", {}):
         raise ConfigError(f"{source}: models.{model_name}: no such model (have: {', '.join(cfg.get('models', {}))})")
     model_cfg = cfg["models"][model_name]["model"]
-    state = load_weights(ckpt, allow_unsafe=allow_unsafe)
+    state = load_weights(ckpt)
     if "pos_embed" not in state:
         raise ConfigError(f"{ckpt}: no pos_embed entry; not a LightningDiT checkpoint")
     model = build_model(model_cfg, num_classes=num_classes, input_size=latent_size(state, model_cfg))
@@ -186,7 +186,6 @@ def sample(
     guide_model: str | None = None,
     guide_ckpt: Path | None = None,
     num_samples: int | None = None,
-    allow_unsafe: bool = False,
     source: str = "<config>",
 ) -> int:
     """Make the missing shards of `out` (this rank's share) and, on rank 0, the index."""
@@ -230,8 +229,8 @@ def sample(
     if mine:
         num_classes = meta["num_classes"]
         sampler = ImageSampler(
-            model=load_ema_model(cfg, model_name, ckpt, num_classes, device, allow_unsafe, source),
-            weak=load_ema_model(cfg, guide_model, guide_ckpt, num_classes, device, allow_unsafe, source) if ag else None,
+            model=load_ema_model(cfg, model_name, ckpt, num_classes, device, source),
+            weak=load_ema_model(cfg, guide_model, guide_ckpt, num_classes, device, source) if ag else None,
             vae=load_texture_vae(texture_vae).to(device).eval(), stats=load_stats(latents), settings=scfg,
             guide=guide, num_samples=n, num_classes=num_classes, delta_t=meta["model"]["semfirst_delta_t"],
             interval_mode=meta["model"]["semfirst_infer_interval_mode"], multiplier=meta["multiplier"], device=device,
@@ -312,8 +311,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--guide-model", default=None, help="AutoGuidance: run name of the weak model")
     parser.add_argument("--guide-ckpt", type=Path, default=None, help="AutoGuidance: the weak model's checkpoint")
     parser.add_argument("--num-samples", type=int, default=None, help="default: sampling.num_samples")
-    parser.add_argument("--allow-unsafe-pickle", action="store_true",
-                        help="load checkpoints holding pickled objects (released SFD files only)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "npu"], default=None, help="override `device`")
 
 
@@ -326,6 +323,5 @@ def main(args) -> int:
     return sample(
         cfg, args.model, args.ckpt, args.latents, args.texture_vae, args.out,
         guidance=args.guidance, cfg_scale=args.cfg_scale, guide_model=args.guide_model,
-        guide_ckpt=args.guide_ckpt, num_samples=args.num_samples,
-        allow_unsafe=args.allow_unsafe_pickle, source=args.config,
+        guide_ckpt=args.guide_ckpt, num_samples=args.num_samples, source=args.config,
     )

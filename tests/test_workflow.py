@@ -236,7 +236,6 @@ def test_sample_run_reads_the_run_and_rejects_other_checkpoints(tmp_path):
     argv = sample_argv(exp, "big_40_ag", Path(exp.ema("big", 40)), Path(exp.ema("small", 5)))
     assert argv[argv.index("--guidance") + 1] == "autoguidance" and argv[argv.index("--cfg-scale") + 1] == "1.5"
     assert argv[argv.index("--guide-model") + 1] == "small" and argv[argv.index("--num-samples") + 1] == "100"
-    assert "--allow-unsafe-pickle" not in argv
     with pytest.raises(ConfigError, match=r"runs.big_20 samples outputs/mini/train/big/0000020/ema/0000020.pt"):
         sample_argv(exp, "big_20", Path(exp.ema("big", 40)), None)
     with pytest.raises(ConfigError, match=r"runs.big_40_ag.guidance uses"):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from sfd.checkpoint import load_strict
+from sfd.checkpoint import load_strict, safe_load
 
 ARCHS = ("linear", "mlp", "resnet", "transformer")
 
@@ -187,7 +187,12 @@ def arch_from_checkpoint(ckpt: dict, source) -> SemVAEArch:
     missing = [k for k in ("config", "input_dim", "model_state_dict") if k not in ckpt]
     if missing:
         raise ValueError(f"{source}: not a Semantic VAE checkpoint, key '{missing[0]}' is missing")
-    config = yaml.safe_load(ckpt["config"])
+    config = ckpt["config"]
+    if not isinstance(config, str):  # an OmegaConf object rather than the trainer's OmegaConf.to_yaml text
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.to_yaml(config)
+    config = yaml.safe_load(config)
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise ValueError(f"{source}: embedded config has no `model:` section")
     try:
@@ -206,7 +211,7 @@ def load_semvae(path) -> SemanticVAE:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such Semantic VAE checkpoint")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = safe_load(path)
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: not a Semantic VAE checkpoint (a {type(ckpt).__name__})")
     model = SemanticVAE(arch_from_checkpoint(ckpt, path))

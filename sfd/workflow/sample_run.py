@@ -28,8 +28,6 @@ def sample_argv(exp, run: str, ckpt: Path, guide_ckpt: Path | None) -> list[str]
         if guide_ckpt is None or Path(guide_ckpt) != Path(guide):
             raise ConfigError(f"{exp.path}: runs.{run}.guidance uses {guide}, not {guide_ckpt} (dvc.yaml stale?)")
         argv += ["--guide-model", guidance["model"], "--guide-ckpt", str(guide_ckpt)]
-    if spec["source"] == "released":
-        argv.append("--allow-unsafe-pickle")  # the authors' files from the SFD-Project repo
     return argv
 
 
