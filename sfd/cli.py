@@ -46,6 +46,7 @@ COMMANDS = {
     "tables": ("sfd.workflow.tables", "Build results/<table>.csv: measured metrics beside the paper's numbers."),
     "plots": ("sfd.workflow.plots", "Draw a paper figure (FID vs delta_t or vs iterations) from its results CSV."),
     "dvc-yaml": ("sfd.workflow.dvc_yaml", "Generate dvc.yaml from the Snakemake DAG (--check: fail when stale)."),
+    "downloads": ("sfd.workflow.downloads", "List every file the experiment downloads: source, destination, size."),
 }
 
 
