@@ -105,6 +105,12 @@ def latent_size(state_dict: dict, model_cfg: dict) -> int:
     return side * parse_model_type(model_cfg["model_type"])[1]
 
 
+def released_vae_arch(cfg: dict) -> dict | None:
+    """The texture VAE architecture to load a released file with (it records none); our own
+    checkpoints carry theirs."""
+    return cfg["texture_vae"]["arch"] if cfg["texture_vae"]["pretrained"] is not None else None
+
+
 def load_ema_model(cfg: dict, model_name: str, ckpt: Path, num_classes: int, device, source: str):
     """models.<model_name> with the EMA weights of `ckpt` (any layout sfd.checkpoint accepts)."""
     from sfd.checkpoint import load_into, load_weights
@@ -231,7 +237,8 @@ def sample(
         sampler = ImageSampler(
             model=load_ema_model(cfg, model_name, ckpt, num_classes, device, source),
             weak=load_ema_model(cfg, guide_model, guide_ckpt, num_classes, device, source) if ag else None,
-            vae=load_texture_vae(texture_vae).to(device).eval(), stats=load_stats(latents), settings=scfg,
+            vae=load_texture_vae(texture_vae, arch=released_vae_arch(cfg)).to(device).eval(),
+            stats=load_stats(latents), settings=scfg,
             guide=guide, num_samples=n, num_classes=num_classes, delta_t=meta["model"]["semfirst_delta_t"],
             interval_mode=meta["model"]["semfirst_infer_interval_mode"], multiplier=meta["multiplier"], device=device,
         )

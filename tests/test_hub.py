@@ -1,93 +1,19 @@
 """sfd.hub against a Hub-like HTTP server on 127.0.0.1 (never the network)."""
 
 import hashlib
-import http.server
 import logging
-import threading
 from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
 import yaml
+from stand_in_hub import FakeHub
 
 from sfd import cli
 from sfd.hub import HubError, download, part_path
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TOKEN = "hf_secretTOKENvalue123"
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
-
-
-class FakeHub:
-    """Serves `files` under /<repo>/resolve/<rev>/<path>, records requests, can misbehave."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.etags: dict[str, str] = {}
-        self.gated: set[str] = set()
-        self.drop_first_get = False
-        self.requests: list[dict] = []
-        hub = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _lookup(self):
-                hub.requests.append({"method": self.command, "path": self.path, "range": self.headers.get("Range"),
-                                     "auth": self.headers.get("Authorization")})
-                repo = "/".join(self.path.strip("/").split("/")[:2])
-                if repo in hub.gated:
-                    self._reply(401, {"X-Error-Code": "GatedRepo", "X-Error-Message": "gated"})
-                    return None
-                if self.path not in hub.files:
-                    self._reply(404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT})
-                    return None
-                return hub.files[self.path]
-
-            def _reply(self, status, headers, body=b""):
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_HEAD(self):
-                data = self._lookup()
-                if data is None:
-                    return
-                self.send_response(200)
-                self.send_header("X-Repo-Commit", COMMIT)
-                self.send_header("ETag", f'"{hub.etags.get(self.path, hashlib.sha256(data).hexdigest())}"')
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-
-            def do_GET(self):
-                data = self._lookup()
-                if data is None:
-                    return
-                start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
-                self.send_response(206 if start else 200)
-                if start:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                if hub.drop_first_get:
-                    hub.drop_first_get = False
-                    self.wfile.write(data[start : start + len(data) // 3])
-                    self.close_connection = True
-                    return
-                self.wfile.write(data[start:])
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def gets(self):
-        return [r for r in self.requests if r["method"] == "GET"]
 
 
 @pytest.fixture
