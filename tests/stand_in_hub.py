@@ -10,6 +10,8 @@ the experiment gives, in the layouts the released files have, sized to the exper
 import hashlib
 import http.server
 import io
+import subprocess
+import sys
 import tarfile
 import threading
 
@@ -154,6 +156,26 @@ def _released_ckpt(model_cfg: dict, grid: int, layout: str) -> bytes:
                          "config": config})
 
 
+def _inception_graph() -> bytes:
+    """classify_image_graph_def.pb in miniature: a random CNN with Inception's tensor names (input
+    `ExpandDims`, `mixed_6/conv`, `pool_3`, 1008-way `softmax/logits/MatMul`), built by TensorFlow
+    in its own process (after TensorFlow, triton-loading imports crash)."""
+    code = ("import sys; from sfd.evaluation import toy_detector as t; "
+            "g = t.export_graph_def(t.init_params([8, 8, 8, 16], 1008, seed=0), 32, None); "
+            "sys.stdout.buffer.write(g.SerializeToString(deterministic=True))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, timeout=300).stdout
+
+
+def _image_batch(count: int, size: int, seed: int) -> bytes:
+    """An ADM sample/reference batch: `arr_0` uint8 [count, size, size, 3]."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    images = np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+    np.savez(buffer, arr_0=images)
+    return buffer.getvalue()
+
+
 def _stats(channels: int) -> bytes:
     import torch
 
@@ -164,7 +186,7 @@ def publish_experiment(hub: FakeHub, exp) -> None:
     """Every file `sfd.workflow.downloads.planned(exp)` lists, made for `exp` (validated), under
     its repo ids and file names. The first released model comes in the official training layout
     (OmegaConf config included), the others as `{'ema'}`. ADM's assets are served under their URL
-    paths as placeholder bytes: their download is rehearsed, the evaluator is not."""
+    paths: a miniature Inception graph and `arr_0` image batches (no precomputed statistics)."""
     from urllib.parse import urlparse
 
     from sfd.data.imagenet import wnids
@@ -177,7 +199,10 @@ def publish_experiment(hub: FakeHub, exp) -> None:
     released_layouts = {}
     for d in planned(exp):
         if d.hub is None:
-            hub.files[urlparse(d.source).path] = f"stand-in for {d.source}".encode()
+            path = urlparse(d.source).path
+            size, count = cfg["data"]["image_size"], cfg["evaluation"]["reference_size"]
+            batch = path.endswith(".npz")
+            hub.files[path] = _image_batch(count, size, seed=len(path)) if batch else _inception_graph()
             continue
         repo_id, filename, revision, repo_type = d.hub
         prefix = "datasets/" if repo_type == "dataset" else ""
@@ -196,8 +221,8 @@ def publish_experiment(hub: FakeHub, exp) -> None:
             hub.files[path] = _timm_weights(cfg["semantic_encoder"])
         elif d.rule == "fetch_released_stats":
             semantic = "latents_sv_stats" in filename
-            channels = cfg["semvae"]["bottleneck_dim"] if semantic else cfg["texture_vae"]["arch"]["z_channels"]
-            hub.files[path] = _stats(channels)
+            arch = cfg["texture_vae"]["arch"]
+            hub.files[path] = _stats(cfg["semvae"]["bottleneck_dim"] if semantic else arch["z_channels"])
         elif d.rule == "fetch_released":
             model = d.out.split("/")[-2]
             layout = released_layouts.setdefault(model, "training" if not released_layouts else "ema")

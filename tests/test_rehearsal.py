@@ -1,7 +1,8 @@
 """The paper experiment in miniature (config/paper-smoke.yaml) against a stand-in Hub on 127.0.0.1:
 every fetch rule downloads its file, under the paper's repo ids and file names and in the released
 layouts, on the submitting side; then compute jobs run with the Hub offline and nothing to reach
-(the server is gone) and use what was fetched: a released AutoGuidance run samples, and the chain
+(the server is gone) and use what was fetched: a released AutoGuidance run is sampled, packed and
+evaluated with the fetched Inception graph and reference batch, and the chain
 features -> Semantic VAE -> latents -> statistics -> training reaches the AutoGuidance model's first
 export. Where SLURM is up (CI as root: .ci/slurm-up.sh) it all goes through profiles/slurm-gpu
 (fake GPUs, CPU devices), whose precommand takes the Hub offline in every job; elsewhere through
@@ -62,11 +63,14 @@ def test_smoke_fetches_on_the_login_side_then_computes_offline(tmp_path):
     offline = {**tool_env(), "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
     root = work / exp.root
     first_export = exp.export_steps("sfd_b")[0]  # features -> SemVAE -> latents -> statistics -> training
-    targets = [f"{exp.root}/samples/rel_xl_400k_ag/index.json", exp.ema("sfd_b", first_export)]
+    targets = [f"{exp.root}/metrics/rel_xl_400k_ag.json", exp.ema("sfd_b", first_export)]
     compute_time = snakemake(work, config, targets, offline)
     index = json.loads((root / "samples/rel_xl_400k_ag/index.json").read_text())
     assert index["num_samples"] == exp.num_samples("rel_xl_400k_ag")
     assert index["guidance"] == "autoguidance" and index["guide_model"] == "sfd_b"
+    metrics = json.loads((root / "metrics/rel_xl_400k_ag.json").read_text())
+    assert metrics["detector_kind"] == "inception"
+    assert metrics["num_samples"] == exp.cfg["evaluation"]["num_samples"]
     features = json.loads((root / "semantic/features/index.json").read_text())
     assert features["num_samples"] == exp.cfg["data"]["hf"]["expected_images"]["train"]
     assert features["encoder"].endswith("encoder.safetensors")
