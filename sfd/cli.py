@@ -46,6 +46,8 @@ COMMANDS = {
     "table": ("sfd.workflow.table", "Build results/<table>.csv: measured metrics beside the paper's numbers."),
     "plot": ("sfd.workflow.plot", "Draw a paper figure (FID vs delta_t or vs iterations) from its results CSV."),
     "dvc-yaml": ("sfd.workflow.dvc_yaml", "Generate dvc.yaml from the Snakemake DAG (--check: fail when stale)."),
+    "downloads": ("sfd.workflow.downloads", "List every file the experiment downloads: source, destination, size."),
+    "plan": ("sfd.workflow.plan", "Per rule: jobs, FLOPs and device-hours of a target from scratch, and its downloads."),
 }
 
 

@@ -47,7 +47,7 @@ from sfd.tokenizers import load_texture_vae
 log = logging.getLogger("sfd.generate")
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('data.num_classes', 'latents.multiplier', 'models.{model}.model', 'models.{guide}.model', 'sampling.method', 'sampling.num_steps', 'sampling.atol', 'sampling.rtol', 'sampling.timestep_shift', 'sampling.batch_size', 'sampling.shard_size', 'sampling.seed', 'sampling.cfg_interval_start', 'sampling.num_samples', 'sampling.guidance', 'sampling.cfg_scale')
+READS = ('data.num_classes', 'latents.multiplier', 'models.{model}.model', 'models.{guide}.model', 'sampling.method', 'sampling.num_steps', 'sampling.atol', 'sampling.rtol', 'sampling.timestep_shift', 'sampling.batch_size', 'sampling.shard_size', 'sampling.seed', 'sampling.cfg_interval_start', 'sampling.num_samples', 'sampling.guidance', 'sampling.cfg_scale', 'texture_vae.pretrained', 'texture_vae.arch')
 ALSO_READS = ('device',)
 
 INDEX_VERSION = 1
@@ -119,7 +119,13 @@ def latent_size(state_dict: dict, model_cfg: dict) -> int:
     return side * parse_model_type(model_cfg["model_type"])[1]
 
 
-def load_ema_model(cfg: dict, model_name: str, ckpt: Path, num_classes: int, device, allow_unsafe: bool, source: str):
+def released_vae_arch(cfg: dict) -> dict | None:
+    """The texture VAE architecture to load a released file with (it records none); our own
+    checkpoints carry theirs."""
+    return cfg["texture_vae"]["arch"] if cfg["texture_vae"]["pretrained"] is not None else None
+
+
+def load_ema_model(cfg: dict, model_name: str, ckpt: Path, num_classes: int, device, source: str):
     """models.<model_name> with the EMA weights of `ckpt` (any layout sfd.checkpoint accepts); a
     checkpoint of another architecture is a CheckpointError naming the file and the first misfit key."""
     from sfd.checkpoint import load_strict, load_weights
@@ -128,7 +134,7 @@ def load_ema_model(cfg: dict, model_name: str, ckpt: Path, num_classes: int, dev
     if model_name not in cfg.get("models", {}):
         raise ConfigError(f"{source}: models.{model_name}: no such model (have: {', '.join(cfg.get('models', {}))})")
     model_cfg = cfg["models"][model_name]["model"]
-    state = load_weights(ckpt, allow_unsafe=allow_unsafe)
+    state = load_weights(ckpt)
     if "pos_embed" not in state:
         raise CheckpointError(f"{ckpt}: no pos_embed entry; not a LightningDiT checkpoint")
     try:
@@ -205,7 +211,6 @@ def sample(
     guide_model: str | None = None,
     guide_ckpt: Path | None = None,
     num_samples: int | None = None,
-    allow_unsafe: bool = False,
     source: str = "<config>",
 ) -> int:
     """Make the missing shards of `out` (this rank's share) and, on rank 0, the index."""
@@ -239,11 +244,12 @@ def sample(
     torch.backends.cudnn.allow_tf32 = False
     # Every input is loaded (the checkpoints into their models) before anything is written.
     num_classes = meta["num_classes"]
-    models = [load_ema_model(cfg, name, path, num_classes, device, allow_unsafe, source)
+    models = [load_ema_model(cfg, name, path, num_classes, device, source)
               for name, path in ((model_name, ckpt), (guide_model, guide_ckpt))[: 1 + ag]]
     sampler = ImageSampler(
         model=models[0], weak=models[1] if ag else None,
-        vae=load_texture_vae(texture_vae).to(device).eval(), stats=load_stats(latents), settings=scfg,
+        vae=load_texture_vae(texture_vae, arch=released_vae_arch(cfg)).to(device).eval(),
+        stats=load_stats(latents), settings=scfg,
         guide=guide, num_samples=n, num_classes=num_classes, delta_t=meta["model"]["semfirst_delta_t"],
         interval_mode=meta["model"]["semfirst_infer_interval_mode"], multiplier=meta["multiplier"],
         device=device,
@@ -340,8 +346,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--guide-model", default=None, help="AutoGuidance: run name of the weak model")
     parser.add_argument("--guide-ckpt", type=Path, default=None, help="AutoGuidance: the weak model's checkpoint")
     parser.add_argument("--num-samples", type=int, default=None, help="default: sampling.num_samples")
-    parser.add_argument("--allow-unsafe-pickle", action="store_true",
-                        help="load checkpoints holding pickled objects (released SFD files only)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "npu"], default=None, help="override `device`")
 
 
@@ -354,6 +358,5 @@ def main(args) -> int:
     return sample(
         cfg, args.model, args.ckpt, args.latents, args.texture_vae, args.out,
         guidance=args.guidance, cfg_scale=args.cfg_scale, guide_model=args.guide_model,
-        guide_ckpt=args.guide_ckpt, num_samples=args.num_samples,
-        allow_unsafe=args.allow_unsafe_pickle, source=args.config,
+        guide_ckpt=args.guide_ckpt, num_samples=args.num_samples, source=args.config,
     )

@@ -249,6 +249,8 @@ def test_extract_from_an_image_folder_in_imagefolder_order(tmp_path):
         (tmp_path / "val" / name).mkdir(parents=True)
         for i, (h, w) in enumerate(sizes):
             Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "val" / name / f"{i}.png")
+    (tmp_path / "val" / ".archives").mkdir()  # sfd fetch-imagenet's download folder: not a class
+    (tmp_path / "val" / ".archives" / "val_images.tar.gz").write_bytes(b"kept archive")
     cfg = section(**TOY_VIT)
     encoder = build_encoder(cfg)
     torch.save({"model": encoder.vit.state_dict()}, tmp_path / "enc.pt")

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from sfd.config import validate
@@ -70,10 +71,15 @@ def test_paper_architecture_parameter_count_and_keys():
     assert model.state_dict()["decoder.0.weight"].shape == (768, 16)
 
 
-def test_released_layout_checkpoint_loads(tmp_path):
+@pytest.mark.parametrize("config", ["yaml", "omegaconf"])
+def test_released_layout_checkpoint_loads(tmp_path, config):
+    """Loaded with weights_only=True; also when the config is pickled as an OmegaConf object."""
     torch.manual_seed(0)
     model = SemanticVAE(SMALL)
-    torch.save(released_checkpoint(model, blocks=2), tmp_path / "semantic_ae_final.pt")
+    ckpt = released_checkpoint(model, blocks=2)
+    if config == "omegaconf":
+        ckpt["config"] = OmegaConf.create(ckpt["config"])
+    torch.save(ckpt, tmp_path / "semantic_ae_final.pt")
     loaded = load_semvae(tmp_path / "semantic_ae_final.pt")
     assert loaded.arch == SMALL and not loaded.training
     tokens = torch.randn(3, 16, 24)

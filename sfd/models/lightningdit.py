@@ -12,31 +12,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sfd.config import ConfigError, validate
-from sfd.models.sizes import MODEL_SIZES, parse_model_type
+from sfd.models.sizes import MODEL_SIZES, REPA_DIMS, parse_model_type
 from sfd.models.embeddings import (
     LabelEmbedder,
     TimestepEmbedder,
     VisionRope,
     sincos_pos_embed_2d,
 )
-
-
-# Token width of the encoders REPA aligns to (the projector's output width).
-REPA_DIMS = {
-    "dinov2_vits14": 384,
-    "dinov2_vits14_reg": 384,
-    "dinov2_vitb14": 768,
-    "dinov2_vitb14_reg": 768,
-    "dinov2_vitl14": 1024,
-    "dinov2_vitl14_reg": 1024,
-    "dinov2_vitg14": 1536,
-    "dinov2_vitg14_reg": 1536,
-    "mae_base": 768,
-    "mae_large": 1024,
-    "clip_vit_base_patch16": 768,
-    "clip_vit_large_patch14": 1024,
-    "siglip_base_patch16_224": 768,
-}
 
 
 class RMSNorm(nn.Module):

@@ -22,9 +22,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
+from sfd.data.imagenet import scan_class_folder
 from sfd.data.toy import load_npz
 from sfd.device import get_device
 from sfd.errors import InputError, MissingInputError
@@ -41,28 +41,30 @@ ALSO_READS = ('device', 'semantic_encoder.num_workers')
 
 class RawImages(Dataset):
     """`(transform(raw PIL image), label)` from a toy `.npz` (`images` uint8 [N,H,W,3]) or an
-    ImageFolder tree `<class>/*.JPEG` (classes sorted by name = the standard ImageNet order)."""
+    ImageFolder tree `<class>/*.JPEG` (classes sorted by name = the standard ImageNet order; hidden
+    folders, such as the `.archives` of `sfd fetch-imagenet`, are not classes)."""
 
     def __init__(self, path, transform):
         self.path = Path(path)
         self.transform = transform
         if self.path.suffix == ".npz":
             self.images, self.labels, _ = load_npz(self.path)
-            self.folder = None
+            self.files = None
         elif self.path.is_dir():
-            self.folder = ImageFolder(str(self.path))
+            self.files, self.labels, _ = scan_class_folder(self.path)
         else:
             raise MissingInputError(f"{self.path}: neither an .npz file nor an image folder")
 
     def __len__(self):
-        return len(self.folder) if self.folder is not None else len(self.labels)
+        return len(self.labels)
 
     def __getitem__(self, i):
-        if self.folder is not None:
-            image, label = self.folder[i]
+        if self.files is not None:
+            with open(self.files[i], "rb") as f:
+                image = Image.open(f).convert("RGB")  # as torchvision's ImageFolder loader
         else:
-            image, label = Image.fromarray(self.images[i]), int(self.labels[i])
-        return self.transform(image), label
+            image = Image.fromarray(self.images[i])
+        return self.transform(image), int(self.labels[i])
 
 
 class FeatureShards:

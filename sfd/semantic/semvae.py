@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from sfd.checkpoint import CheckpointError, load_strict
+from sfd.checkpoint import CheckpointError, load_strict, safe_load
 from sfd.errors import MissingInputError
 
 ARCHS = ("linear", "mlp", "resnet", "transformer")
@@ -188,7 +188,12 @@ def arch_from_checkpoint(ckpt: dict, source) -> SemVAEArch:
     missing = [k for k in ("config", "input_dim", "model_state_dict") if k not in ckpt]
     if missing:
         raise CheckpointError(f"{source}: not a Semantic VAE checkpoint, key '{missing[0]}' is missing")
-    config = yaml.safe_load(ckpt["config"])
+    config = ckpt["config"]
+    if not isinstance(config, str):  # an OmegaConf object rather than the trainer's OmegaConf.to_yaml text
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.to_yaml(config)
+    config = yaml.safe_load(config)
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise CheckpointError(f"{source}: embedded config has no `model:` section")
     try:
@@ -208,11 +213,7 @@ def load_semvae(path) -> SemanticVAE:
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"{path}: no such Semantic VAE checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{path}: not a readable Semantic VAE checkpoint (truncated?): "
-                              f"{type(err).__name__}") from None
+    ckpt = safe_load(path)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a Semantic VAE checkpoint (a {type(ckpt).__name__})")
     model = SemanticVAE(arch_from_checkpoint(ckpt, path))

@@ -31,8 +31,9 @@ HEADER = (
 )
 
 
-def snakemake_jobs(experiment: str, root: Path) -> list:
-    """Every job of the workflow's default target for `experiment`, as Snakemake Job objects."""
+def snakemake_jobs(experiment: str, root: Path, targets=(), config: dict | None = None) -> list:
+    """Every job that `targets` (default: the workflow's default target) need for `experiment`
+    from scratch, as Snakemake Job objects; `config` adds Snakemake config keys (a profile's)."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
 
@@ -40,11 +41,11 @@ def snakemake_jobs(experiment: str, root: Path) -> list:
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         workflow_api = api.workflow(
             resource_settings=ResourceSettings(cores=1),
-            config_settings=ConfigSettings(config={"experiment": experiment}),
+            config_settings=ConfigSettings(config={**(config or {}), "experiment": experiment}),
             snakefile=root / "Snakefile",
             workdir=root,
         )
-        workflow_api.dag(DAGSettings(forceall=True))
+        workflow_api.dag(DAGSettings(targets=frozenset(targets), forceall=True))
         workflow = workflow_api._workflow  # Snakemake offers no public handle on the job objects
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
         workflow._build_dag()

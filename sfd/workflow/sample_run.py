@@ -17,7 +17,7 @@ READS = (
     "data.num_classes", "latents.multiplier", "runs.{run}", "models.{model}.model", "models.{guide}.model",
     "sampling.method", "sampling.num_steps", "sampling.atol", "sampling.rtol", "sampling.timestep_shift",
     "sampling.batch_size", "sampling.shard_size", "sampling.seed", "sampling.cfg_interval_start",
-    "sampling.num_samples",
+    "sampling.num_samples", "texture_vae.pretrained", "texture_vae.arch",
 )
 ALSO_READS = ("device", "name")
 
@@ -56,7 +56,5 @@ def main(args) -> int:
     return generate.sample(
         exp.cfg, spec["model"], args.ckpt, args.latents, args.texture_vae, args.out,
         guidance=guidance["kind"], cfg_scale=guidance["scale"], guide_model=guidance["model"] if ag else None,
-        guide_ckpt=args.guide_ckpt if ag else None, num_samples=exp.num_samples(args.run),
-        # the authors' files from the trusted SFD-Project repository
-        allow_unsafe=spec["source"] == "released", source=exp.path,
+        guide_ckpt=args.guide_ckpt if ag else None, num_samples=exp.num_samples(args.run), source=exp.path,
     )
