@@ -12,7 +12,9 @@ pitfalls 7 and 11):
     the number of ranks;
   * shard j is [j·S, (j+1)·S) with S a multiple of B; ranks take whole shards round-robin
     (shard j -> rank j mod world), i.e. whole batches.
-Sampling runs in fp32 without TF32 (the official code enables TF32), with the EMA weights.
+Sampling runs in fp32 with the EMA weights; TF32 matmuls are on by default, as the official inference
+sets them (`sampling.tf32`, recorded in meta.json and index.json), and the DiT forward is compiled
+(`sampling.compile`).
 
 Output directory: `shard-XXXXX.npz` (images uint8 [n,H,W,3], labels, indices, nfe per batch) written
 atomically, `meta.json` (what is being sampled, checked on resume) first and `index.json` last.
@@ -34,6 +36,7 @@ from tqdm import tqdm
 from sfd import distributed as dist
 from sfd.checkpoint import CheckpointError
 from sfd.config import ConfigError, load_experiment
+from sfd.device import maybe_compile, set_tf32
 from sfd.io import atomic_path, sha256, write_json
 from sfd.latents import denormalize_texture, load_stats
 from sfd.sampling import ode_sample
@@ -205,7 +208,8 @@ def sample(
     meta = {
         "version": INDEX_VERSION, "model_name": model_name, "model": cfg["models"][model_name]["model"],
         "num_samples": n, "num_classes": cfg["data"]["num_classes"], "seed": scfg["seed"],
-        **{k: scfg[k] for k in ("method", "num_steps", "atol", "rtol", "timestep_shift", "batch_size", "shard_size")},
+        **{k: scfg[k] for k in ("method", "num_steps", "atol", "rtol", "timestep_shift", "batch_size", "shard_size",
+                                "tf32")},
         **guide, "guide_model": guide_model if ag else None, "multiplier": cfg["latents"]["multiplier"],
         "ckpt_sha256": sha256(ckpt), "guide_ckpt_sha256": sha256(guide_ckpt) if ag else None,
         "texture_vae_sha256": sha256(texture_vae),
@@ -216,8 +220,7 @@ def sample(
 
     device = dist.init(cfg["device"])
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    set_tf32(scfg["tf32"])
     shards = shard_ranges(n, scfg["shard_size"])
     if rank == 0:
         _claim(out, meta)
@@ -229,9 +232,13 @@ def sample(
     )
     if mine:
         num_classes = meta["num_classes"]
+
+        def dit(name, path):
+            model = load_ema_model(cfg, name, path, num_classes, device, allow_unsafe, source)
+            return maybe_compile(model, scfg["compile"], f"sample {name}")
+
         sampler = ImageSampler(
-            model=load_ema_model(cfg, model_name, ckpt, num_classes, device, allow_unsafe, source),
-            weak=load_ema_model(cfg, guide_model, guide_ckpt, num_classes, device, allow_unsafe, source) if ag else None,
+            model=dit(model_name, ckpt), weak=dit(guide_model, guide_ckpt) if ag else None,
             vae=load_texture_vae(texture_vae).to(device).eval(), stats=load_stats(latents), settings=scfg,
             guide=guide, num_samples=n, num_classes=num_classes, delta_t=meta["model"]["semfirst_delta_t"],
             interval_mode=meta["model"]["semfirst_infer_interval_mode"], multiplier=meta["multiplier"], device=device,

@@ -19,11 +19,11 @@ from sfd.models.sizes import step_cost
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 # models.<m>.train keys that do not change the training trajectory (as sfd.train._SCHEDULE_KEYS;
 # tests/test_workflow.py keeps the two equal).
-SCHEDULE_KEYS = frozenset({"budgets", "ckpt_every", "keep_steps", "log_every", "num_workers"})
+SCHEDULE_KEYS = frozenset({"budgets", "ckpt_every", "keep_steps", "log_every", "num_workers", "compile"})
 # sampling.* keys that change the samples; pack_seed and the grid shape only reorder/show them, and
 # the guidance defaults are overridden per run (runs.<r>.guidance).
 SAMPLE_KEYS = ("method", "num_steps", "atol", "rtol", "timestep_shift", "batch_size", "shard_size", "seed",
-               "cfg_interval_start")
+               "cfg_interval_start", "tf32")
 
 
 def paper_tables() -> dict:
