@@ -144,7 +144,7 @@ def guidance_settings(scfg: dict, guidance: str, cfg_scale, guide_model, guide_c
 class ImageSampler:
     """Global indices -> uint8 images: per-index noise and label, ODE solve, de-normalise, decode."""
 
-    model: torch.nn.Module
+    model: torch.nn.Module  # or its sfd.device.Compiled stand-in (sampling.compile), likewise `weak`
     weak: torch.nn.Module | None  # AutoGuidance's weak model
     vae: torch.nn.Module
     stats: object
