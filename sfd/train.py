@@ -385,9 +385,12 @@ def restore(run_dir: Path, target: int, init_from: Path | None, identity: dict, 
 def train_step(net, model, ema, opt, batch, *, seed: int, rank: int, step: int, device, mcfg: dict,
                tcfg: dict) -> dict:
     """One optimizer step on this rank's share of global batch `step`; returns the loss terms
-    (detached batch means). Randomness is reseeded from (seed, rank, step) first."""
+    (detached batch means). Randomness is reseeded from (seed, rank, step) first. The previous
+    step's gradients are freed before the forward (the official step frees them after it, so they
+    sit beside the activations at the memory peak)."""
     from sfd.flow import sample_logit_normal, training_losses
 
+    opt.zero_grad(set_to_none=True)
     loss_seed, global_seed = step_seeds(seed, rank, step)
     torch.manual_seed(global_seed)  # label dropout inside the model
     gen = torch.Generator(device).manual_seed(loss_seed)
@@ -404,7 +407,6 @@ def train_step(net, model, ema, opt, batch, *, seed: int, rank: int, step: int, 
             repa_target=feats if mcfg["use_repa"] else None, repa_weight=mcfg["repa_weight"],
             repa_mode=mcfg["repa_mode"], t=t, noise=noise,
         )
-    opt.zero_grad(set_to_none=True)
     losses["total"].backward()
     opt.step()
     update_ema(ema, model, tcfg["ema_decay"])
