@@ -2,8 +2,9 @@
 
 The official SFD code is not vendored; its step is rebuilt here from its structure, on the same
 model class (ours is bit-identical to the official LightningDiT, docs/decisions.md):
-  * official train step: torch.compile(model) forward/backward of the SFD losses, torch.optim.AdamW
-    with its default implementation, and an EMA that loops over the parameters (two kernels each);
+  * official train step: torch.compile(model) forward/backward of the SFD losses, zero_grad between
+    forward and backward (DiT's train.py order), torch.optim.AdamW with its default implementation,
+    and an EMA that loops over the parameters (two kernels each);
   * official sampling forward: torch.compile(model) with the REPA projector running and its
     output discarded (its eval forward returns the tokens too; here: our train-mode forward with
     label dropout off, which computes exactly that), TF32 on (a no-op on the CPU).
@@ -11,7 +12,8 @@ Ours is what `sfd train` / `sfd sample` run: sfd.train.train_step through sfd.de
 the fused AdamW of sfd.train.make_optimizer, the foreach EMA; the eval forward without projector.
 
 Rounds are interleaved (ours, official, then official, ours, ...) so load drifts hit both; each
-ratio is ours / official per round, printed as the median [min..max]. Peak memory is the peak
+ratio is ours / official per round, printed as the median [min..max], with the ratio of the best
+times (the calls least disturbed by other load) beside it. Peak memory is the peak
 resident set of a child process per variant, sampled every 2 ms during steady-state steps (after
 compiling), or torch's peak allocation on CUDA. Both variants compile the same model graph (dynamo
 reuses it across instances), so compiling is timed once.
@@ -149,9 +151,11 @@ def interleaved(fns: dict, rounds: int, reps: int) -> dict:
 
 
 def ratio_line(what: str, ours: list, official: list) -> str:
+    """Median [min..max] of the per-round ratios, and the ratio of the best times (least load)."""
     ratios = [a / b for a, b in zip(ours, official)]
     return (f"{what}: ours {statistics.median(ours):.4f} s, official {statistics.median(official):.4f} s, "
-            f"ours/official {statistics.median(ratios):.3f} [{min(ratios):.3f}..{max(ratios):.3f}]")
+            f"ours/official {statistics.median(ratios):.3f} [{min(ratios):.3f}..{max(ratios):.3f}], "
+            f"best-of {min(ours) / min(official):.3f}")
 
 
 def utilisation(images: int, seconds: float, flops_per_image: int, device) -> str:
@@ -186,34 +190,28 @@ class PeakRSS:
         self.thread.join()
 
 
-def child_memory(kind: str, size: str, batch_size: int, device) -> dict:
-    """Peak memory (MiB) of two steady-state training steps of one variant (run in a child): the
-    peak, and the peak above the memory held just before the steps (model, EMA, optimizer state,
-    what compiling left behind), i.e. the step's own working set."""
+def child_memory(kind: str, size: str, batch_size: int, device) -> float:
+    """Peak memory (MiB) of two steady-state training steps of one variant (run in a child)."""
     mcfg = model_config(size)
     variant = TrainVariant(kind, mcfg, batch_of(mcfg, batch_size, device), device)
     for _ in range(2):  # compile and warm up
         variant.step()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
         for _ in range(2):
             variant.step()
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        with PeakRSS() as watch:
-            before = resident_bytes()
-            for _ in range(2):
-                variant.step()
-        peak = watch.peak
-    return {"peak_mib": peak / 2**20, "step_mib": (peak - before) / 2**20}
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    with PeakRSS() as watch:
+        for _ in range(2):
+            variant.step()
+    return watch.peak / 2**20
 
 
-def peak_memory(kind: str, size: str, batch_size: int, device_kind: str) -> dict:
+def peak_memory(kind: str, size: str, batch_size: int, device_kind: str) -> float:
     cmd = [sys.executable, __file__, "--child-memory", kind, "--sizes", size, "--batch", str(batch_size),
            "--device", device_kind]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
 # ----------------------------------------------------------------------------
@@ -253,11 +251,8 @@ def bench_size(size: str, args, device) -> list[str]:
     for r in range(args.memory_rounds):
         kinds = ("ours", "official") if r % 2 == 0 else ("official", "ours")
         mem = {kind: peak_memory(kind, size, args.batch, args.device) for kind in kinds}
-        mine, theirs = mem["ours"], mem["official"]
-        ratio = mine["peak_mib"] / theirs["peak_mib"]
-        lines.append(f"{size}/1 train step memory, child pair {r + 1}: peak ours {mine['peak_mib']:.0f} MiB, "
-                     f"official {theirs['peak_mib']:.0f} MiB ({ratio:.3f}); above the pre-step baseline "
-                     f"ours {mine['step_mib']:.0f} MiB, official {theirs['step_mib']:.0f} MiB")
+        lines.append(f"{size}/1 train step peak memory, child pair {r + 1}: ours {mem['ours']:.0f} MiB, "
+                     f"official {mem['official']:.0f} MiB, ours/official {mem['ours'] / mem['official']:.3f}")
     return lines
 
 
@@ -274,7 +269,7 @@ def main() -> None:
     device = get_device(args.device)
 
     if args.child_memory:
-        print(json.dumps(child_memory(args.child_memory, args.sizes[0], args.batch, device)))
+        print(json.dumps({"peak_mib": child_memory(args.child_memory, args.sizes[0], args.batch, device)}))
         return
     load = os.getloadavg()[0]
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, load {load:.1f}; "

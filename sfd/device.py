@@ -123,11 +123,18 @@ class Compiled:
                 return self.compiled(*args, **kwargs)
             except Exception as err:
                 out = self.module(*args, **kwargs)  # raises here if the input itself is bad
-                log.warning("%s: torch.compile failed (%s: %s); running eager",
-                            self.what, type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+                log.warning("%s: torch.compile failed (%s); running eager", self.what, _root_cause(err))
                 self.compiled = None
                 return out
         return self.module(*args, **kwargs)
+
+
+def _root_cause(err: BaseException) -> str:
+    """'Type: first line' of the innermost cause (the compiler's own error, not dynamo's wrapper)."""
+    while (inner := getattr(err, "inner_exception", None) or err.__cause__) is not None:
+        err = inner
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def maybe_compile(module: torch.nn.Module, enabled: bool, what: str):
