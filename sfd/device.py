@@ -115,6 +115,8 @@ class Compiled:
         self.compiled = torch.compile(module)
 
     def __getattr__(self, name):
+        if "module" not in self.__dict__:  # half-built (copy, unpickling)
+            raise AttributeError(name)
         return getattr(self.__dict__["module"], name)
 
     def __call__(self, *args, **kwargs):
