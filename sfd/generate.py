@@ -12,7 +12,9 @@ docs/method.md §7.7, §7.11):
     the number of ranks;
   * shard j is [j·S, (j+1)·S) with S a multiple of B; ranks take whole shards round-robin
     (shard j -> rank j mod world), i.e. whole batches.
-Sampling runs in fp32 without TF32 (the official code enables TF32), with the EMA weights.
+Sampling runs in fp32 with the EMA weights; TF32 matmuls are on by default, as the official inference
+sets them (`sampling.tf32`, recorded in meta.json and index.json), and the DiT forward is compiled
+(`sampling.compile`).
 
 Output directory: `shard-XXXXX.npz` (images uint8 [n,H,W,3], labels, indices, nfe per batch) written
 atomically, `meta.json` (what is being sampled, checked on resume) first and `index.json` last;
@@ -37,6 +39,7 @@ from tqdm import tqdm
 from sfd import distributed as dist
 from sfd.checkpoint import CheckpointError
 from sfd.config import ConfigError
+from sfd.device import maybe_compile, set_tf32
 from sfd.errors import InputError
 from sfd.io import atomic_path, sha256, write_json
 from sfd.latents import denormalize_texture, load_stats
@@ -47,8 +50,8 @@ from sfd.tokenizers import load_texture_vae
 log = logging.getLogger("sfd.generate")
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('data.num_classes', 'latents.multiplier', 'models.{model}.model', 'models.{guide}.model', 'sampling.method', 'sampling.num_steps', 'sampling.atol', 'sampling.rtol', 'sampling.timestep_shift', 'sampling.batch_size', 'sampling.shard_size', 'sampling.seed', 'sampling.cfg_interval_start', 'sampling.num_samples', 'sampling.guidance', 'sampling.cfg_scale', 'texture_vae.pretrained', 'texture_vae.arch')
-ALSO_READS = ('device',)
+READS = ('data.num_classes', 'latents.multiplier', 'models.{model}.model', 'models.{guide}.model', 'sampling.method', 'sampling.num_steps', 'sampling.atol', 'sampling.rtol', 'sampling.timestep_shift', 'sampling.batch_size', 'sampling.shard_size', 'sampling.seed', 'sampling.cfg_interval_start', 'sampling.num_samples', 'sampling.guidance', 'sampling.cfg_scale', 'texture_vae.pretrained', 'texture_vae.arch', 'sampling.tf32')
+ALSO_READS = ('device', 'sampling.compile')
 
 INDEX_VERSION = 1
 
@@ -166,7 +169,7 @@ def guidance_settings(scfg: dict, guidance: str, cfg_scale, guide_model, guide_c
 class ImageSampler:
     """Global indices -> uint8 images: per-index noise and label, ODE solve, de-normalise, decode."""
 
-    model: torch.nn.Module
+    model: torch.nn.Module  # or its sfd.device.Compiled stand-in (sampling.compile), likewise `weak`
     weak: torch.nn.Module | None  # AutoGuidance's weak model
     vae: torch.nn.Module
     stats: object
@@ -229,7 +232,8 @@ def sample(
     meta = {
         "version": INDEX_VERSION, "model_name": model_name, "model": cfg["models"][model_name]["model"],
         "num_samples": n, "num_classes": cfg["data"]["num_classes"], "seed": scfg["seed"],
-        **{k: scfg[k] for k in ("method", "num_steps", "atol", "rtol", "timestep_shift", "batch_size", "shard_size")},
+        **{k: scfg[k] for k in ("method", "num_steps", "atol", "rtol", "timestep_shift", "batch_size", "shard_size",
+                                "tf32")},
         **guide, "guide_model": guide_model if ag else None, "multiplier": cfg["latents"]["multiplier"],
         "ckpt_sha256": sha256(ckpt), "guide_ckpt_sha256": sha256(guide_ckpt) if ag else None,
         "texture_vae_sha256": sha256(texture_vae),
@@ -240,11 +244,11 @@ def sample(
 
     device = dist.init(cfg["device"])
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    set_tf32(scfg["tf32"])
     # Every input is loaded (the checkpoints into their models) before anything is written.
     num_classes = meta["num_classes"]
-    models = [load_ema_model(cfg, name, path, num_classes, device, source)
+    models = [maybe_compile(load_ema_model(cfg, name, path, num_classes, device, source), scfg["compile"],
+                            f"sample {name}")
               for name, path in ((model_name, ckpt), (guide_model, guide_ckpt))[: 1 + ag]]
     sampler = ImageSampler(
         model=models[0], weak=models[1] if ag else None,

@@ -37,13 +37,15 @@ def one_thread():
 
 
 def tiny_experiment(train: dict | None = None, sampling: dict | None = None) -> dict:
+    """Eager (compile off): torch.compile costs ~1 min per process on this CPU; tests/test_speed.py
+    checks the compiled path."""
     return {
         "name": "tiny", "seed": 3, "device": "cpu",
         "data": {"num_classes": NUM_CLASSES},
         "models": {"tiny": {"model": copy.deepcopy(TINY_MODEL), "train": {
             "global_batch_size": 16, "lr": 5e-4, "ema_decay": 0.9, "budgets": [4], "ckpt_every": 2,
-            "log_every": 1, "num_workers": 0, "mixed_precision": "bf16", **(train or {})}}},
-        "sampling": {"num_samples": 24, "batch_size": 4, "shard_size": 8, **(sampling or {})},
+            "log_every": 1, "num_workers": 0, "mixed_precision": "bf16", "compile": False, **(train or {})}}},
+        "sampling": {"num_samples": 24, "batch_size": 4, "shard_size": 8, "compile": False, **(sampling or {})},
     }
 
 

@@ -207,7 +207,7 @@ def publish_experiment(hub: FakeHub, exp) -> None:
         repo_id, filename, revision, repo_type = d.hub
         prefix = "datasets/" if repo_type == "dataset" else ""
         path = f"/{prefix}{repo_id}/resolve/{revision or 'main'}/{filename}"
-        if d.rule == "fetch_data":
+        if d.rule == "fetch_imagenet":
             split = d.out.rsplit("/", 1)[1]
             files = cfg["data"]["hf"]["files"][split]
             count = cfg["data"]["hf"]["expected_images"][split] // len(files) + (

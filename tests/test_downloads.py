@@ -21,7 +21,7 @@ def paper_jobs():
 
 def test_only_local_rules_download(paper_jobs):
     fetching = {job.rule.name for job in paper_jobs if any(d in job.shellcmd for d in DOWNLOADERS)}
-    assert fetching == {"fetch_data", "fetch_tokenizer", "fetch_encoder", "fetch_eval_assets",
+    assert fetching == {"fetch_imagenet", "fetch_tokenizer", "fetch_encoder", "fetch_eval_assets",
                         "fetch_released_stats", "fetch_released"}
     assert all(job.is_local for job in paper_jobs if job.rule.name in fetching)
 
@@ -41,7 +41,7 @@ def test_listed_downloads_are_the_fetch_jobs_outputs(paper_jobs):
     listed = {(d.rule, d.out) for d in planned(exp)}
     in_dag = {(job.rule.name, out) for job in paper_jobs if job.rule.name.startswith("fetch_") for out in job.output}
     assert in_dag <= listed
-    assert listed - in_dag == {("fetch_data", "outputs/paper/data/val")}  # read only by the toy detector
+    assert listed - in_dag == {("fetch_imagenet", "outputs/paper/data/val")}  # read only by the toy detector
     configured = exp.cfg["download_sizes"]
     assert set(configured) <= {d.source for d in planned(exp)}  # no stale size keys
 

@@ -1,6 +1,6 @@
 """`sfd downloads`: every file the experiment downloads, where from, where to, and its size.
 
-Each download is a local rule (fetch_data, fetch_tokenizer, fetch_encoder, fetch_eval_assets,
+Each download is a local rule (fetch_imagenet, fetch_tokenizer, fetch_encoder, fetch_eval_assets,
 fetch_released_stats, fetch_released): it runs on the submitting (login) node, and the compute jobs
 run with the Hub offline (the SLURM profiles' `precommand`). This lists those files from the
 experiment file exactly as the rules name them, before anything is submitted. A size comes from
@@ -38,7 +38,7 @@ def planned(exp: Experiment) -> list[Download]:
     if cfg["data"]["source"] == "hf":
         hf = cfg["data"]["hf"]
         for split, files in hf["files"].items():
-            out += [hub_file("fetch_data", f"{root}/data/{split}", hf["repo_id"], f, hf["revision"], "dataset")
+            out += [hub_file("fetch_imagenet", f"{root}/data/{split}", hf["repo_id"], f, hf["revision"], "dataset")
                     for f in files]
     pretrained = cfg["texture_vae"]["pretrained"]
     if pretrained is not None:

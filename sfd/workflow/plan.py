@@ -6,8 +6,8 @@ FLOPs of their models: hours = FLOPs / (peak x MFU) / 3600, with the peak of the
 computes in (bf16 autocast training; sampling and latent extraction in fp32, TF32 off) and the
 profile's assumptions `peak_tflops_bf16`, `peak_tflops_fp32`, `mfu`
 (workflow/schemas/config.schema.yaml). FLOPs per job:
-  * train: images x flops_per_image(train=True) (sfd.models.sizes: forward + backward);
-  * sample: samples x NFE x (forward [+ the AutoGuidance model's | x2 for CFG]) + the VAE decode;
+  * train: images x train_flops_per_image (sfd.models.flops: forward + backward);
+  * sample: samples x NFE x (sample_flops_per_nfe [+ the AutoGuidance model's | x2 for CFG]) + the VAE decode;
     NFE is counted for fixed-step methods and `sampling.expected_nfe` for dopri5;
   * train_semvae: iterations x batch x the Semantic VAE's forward + backward on one token set;
   * extract_features: images x the encoder on the SemVAE-training crop;
@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from sfd.config import ConfigError, load_yaml
-from sfd.models.sizes import flops_per_image, parse_model_type
+from sfd.models.flops import sample_flops_per_nfe, train_flops_per_image
 from sfd.workflow import downloads
 from sfd.workflow.matrix import Experiment, load
 
@@ -75,8 +75,8 @@ class Costs:
 
     def dit(self, model: str, train: bool) -> int:
         model_cfg = self.cfg["models"][model]["model"]
-        tokens = (self.latent_grid // parse_model_type(model_cfg["model_type"])[1]) ** 2
-        return flops_per_image(model_cfg, tokens, train)
+        count = train_flops_per_image if train else sample_flops_per_nfe
+        return count(model_cfg, self.latent_grid)
 
     @cached_property
     def train_images(self) -> int:

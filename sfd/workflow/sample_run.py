@@ -17,9 +17,9 @@ READS = (
     "data.num_classes", "latents.multiplier", "runs.{run}", "models.{model}.model", "models.{guide}.model",
     "sampling.method", "sampling.num_steps", "sampling.atol", "sampling.rtol", "sampling.timestep_shift",
     "sampling.batch_size", "sampling.shard_size", "sampling.seed", "sampling.cfg_interval_start",
-    "sampling.num_samples", "texture_vae.pretrained", "texture_vae.arch",
+    "sampling.num_samples", "sampling.tf32", "texture_vae.pretrained", "texture_vae.arch",
 )
-ALSO_READS = ("device", "name")
+ALSO_READS = ("device", "name", "sampling.compile")
 
 
 def check_checkpoints(exp: Experiment, run: str, ckpt: Path, guide_ckpt: Path | None) -> None:
