@@ -369,6 +369,15 @@ def _train(cfg: dict, model_name: str, latents: Path, run_dir: Path, *, until_st
     return 0
 
 
+def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
+    """Adam's moments and step from `state`, keeping this device's kernel choice: a checkpoint
+    written with fused AdamW on CUDA resumes on a device without the fused kernel, and back."""
+    fused = [group.get("fused") for group in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, flag in zip(opt.param_groups, fused):
+        group["fused"] = flag
+
+
 def restore(run_dir: Path, target: int, init_from: Path | None, identity: dict, model, ema, opt, world: int,
             source: str) -> int:
     """Load the newest checkpoint of `run_dir` (else `init_from`) into model/ema/opt; returns its
@@ -386,7 +395,7 @@ def restore(run_dir: Path, target: int, init_from: Path | None, identity: dict, 
         raise ConfigError(f"{path}: checkpoint is at step {state['step']}, past the requested --until-step {target}")
     model.load_state_dict(state["model"])
     ema.load_state_dict(state["ema"])
-    opt.load_state_dict(state["opt"])
+    load_optimizer(opt, state["opt"])
     torch.set_rng_state(state["rng"]["torch"])
     if state["world_size"] != world:
         dist.print0(f"note: {path} was written by {state['world_size']} ranks, now {world}: "

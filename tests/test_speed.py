@@ -199,3 +199,17 @@ def test_compiled_model_matches_eager_in_training_and_sampling():
     torch.testing.assert_close(out, ode_sample(model, x, y, **kwargs), rtol=1e-5, atol=1e-5)
     assert compiled.compiled is not None  # it did compile, no fallback
     torch._dynamo.reset()
+
+
+def test_optimizer_state_resumes_with_this_devices_kernel():
+    from sfd.train import load_optimizer
+
+    net = torch.nn.Linear(4, 4)
+    saved = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=None)
+    net(torch.randn(2, 4)).sum().backward()
+    saved.step()
+    here = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=True)
+    load_optimizer(here, saved.state_dict())
+    assert here.param_groups[0]["fused"] is True
+    assert torch.equal(here.state[net.weight]["exp_avg"], saved.state[net.weight]["exp_avg"])
+    here.step()  # the fused kernel runs on the loaded state

@@ -140,7 +140,7 @@ class Costs:
             train = cfg["models"][model]["train"]
             images = (step - (exp.previous_step(model, step) or 0)) * train["global_batch_size"]
             return Cost(images * self.dit(model, True), "bf16" if train["mixed_precision"] == "bf16" else "fp32")
-        if rule == "sample":
+        if rule == "sample_run":
             run = exp.run(wildcards["run"])
             nfe = sampler_nfe(cfg["sampling"])
             if nfe is None:
