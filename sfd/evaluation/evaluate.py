@@ -80,6 +80,38 @@ def resolve_metric_label(detector_kind: str, num_samples: int, configured: str |
     return f"FID-{num_samples // 1000}K" if num_samples % 1000 == 0 else f"FID-{num_samples}"
 
 
+def check_inputs(samples, count: int, reference, detector_path: Path, cache_dir: Path,
+                 allow_size_mismatch: bool) -> None:
+    """Everything that can be wrong with the inputs, found before TensorFlow is loaded."""
+    check_sizes(samples, reference, allow_size_mismatch)
+    for batch in (samples, reference):
+        if (warning := range_warning(batch)) is not None:
+            log.warning("%s", warning)
+    require_writable(cache_dir, directory=True)
+    for batch, n in ((samples, count), (reference, reference.count)):
+        if n <= PR_NEIGHBOURHOOD:
+            raise EvalInputError(
+                f"{batch.path}: {n} images; precision/recall need more than {PR_NEIGHBOURHOOD}"
+            )
+    if not detector_path.is_file():
+        raise EvalInputError(
+            f"{detector_path}: no such detector graph (fetch it with `sfd fetch-eval-assets`)"
+        )
+
+
+def result_notes(detector_kind: str, num_reference: int) -> dict:
+    """What a reader of the numbers must know about how they were computed."""
+    notes = {
+        "inception_score": f"mean over consecutive splits of {IS_SPLIT_SIZE} samples in file order; "
+        "order-sensitive (shuffle before packing)",
+        "precision_recall": f"k={PR_NEIGHBOURHOOD} pool_3, vs all {num_reference} reference images; "
+        "fp16-first distance blocks by ADM's TensorFlow graph on this machine",
+    }
+    if detector_kind == "toy":
+        notes["detector"] = "toy detector trained on the toy classes: not comparable to Inception FID-50K"
+    return notes
+
+
 def evaluate(
     samples_path,
     reference_path,
@@ -100,23 +132,10 @@ def evaluate(
     """
     samples = open_image_batch(samples_path, num_samples)
     reference = open_image_batch(reference_path)
-    check_sizes(samples, reference, allow_size_mismatch)
-    for batch in (samples, reference):
-        if (warning := range_warning(batch)) is not None:
-            log.warning("%s", warning)
-    cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
-    require_writable(cache_dir, directory=True)
     count = samples.count if num_samples is None else num_samples
-    for batch, n in ((samples, count), (reference, reference.count)):
-        if n <= PR_NEIGHBOURHOOD:
-            raise EvalInputError(
-                f"{batch.path}: {n} images; precision/recall need more than {PR_NEIGHBOURHOOD}"
-            )
+    cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
     detector_path = Path(detector_path)
-    if not detector_path.is_file():
-        raise EvalInputError(
-            f"{detector_path}: no such detector graph (fetch it with `sfd fetch-eval-assets`)"
-        )
+    check_inputs(samples, count, reference, detector_path, cache_dir, allow_size_mismatch)
     hashes = {
         "samples": sha256(samples.path),
         "reference": sha256(reference.path),
@@ -150,14 +169,6 @@ def evaluate(
 
     log.info("computing metrics")
     precision, recall = precision_recall(ref.pool, pool, distance_fn=adm_distance_block())
-    notes = {
-        "inception_score": f"mean over consecutive splits of {IS_SPLIT_SIZE} samples in file order; "
-        "order-sensitive (shuffle before packing)",
-        "precision_recall": f"k={PR_NEIGHBOURHOOD} pool_3, vs all {reference.count} reference images; "
-        "fp16-first distance blocks by ADM's TensorFlow graph on this machine",
-    }
-    if detector.kind == "toy":
-        notes["detector"] = "toy detector trained on the toy classes: not comparable to Inception FID-50K"
     return {
         "metric_label": metric_label,
         "fid": frechet_distance(stats, ref.stats),
@@ -177,7 +188,7 @@ def evaluate(
         "detector_sha256": hashes["detector"],
         "evaluator_version": EVALUATOR_VERSION,
         "statistics": {"samples": source, "reference": ref.source},
-        "notes": notes,
+        "notes": result_notes(detector.kind, reference.count),
     }
 
 
