@@ -326,29 +326,25 @@ def _train(cfg: dict, model_name: str, latents: Path, run_dir: Path, *, until_st
     net = maybe_compile(net, tcfg["compile"], f"train {model_name}")
     model.train()
     suspend = SuspendRequest()
-    sums, count, wait, t_last, step_last = {}, 0, 0.0, time.perf_counter(), step
+    interval = LogInterval(step)
 
     bar = tqdm(total=target, initial=step, desc=f"train {model_name}", disable=rank != 0, dynamic_ncols=True)
     t_fetch = time.perf_counter()
     for batch in loader:
-        wait += time.perf_counter() - t_fetch  # time the loop stood waiting for this batch
+        interval.wait += time.perf_counter() - t_fetch  # time the loop stood waiting for this batch
         terms = train_step(net, model, ema, opt, batch, seed=seed, rank=rank, step=step, device=device,
                            mcfg=mcfg, tcfg=tcfg)
         step += 1
-        count += 1
-        for name, value in terms.items():
-            sums[name] = sums.get(name, 0) + value
+        interval.add(terms)
         bar.update(1)
 
         if step % tcfg["log_every"] == 0 or step == target:
-            t_now = time.perf_counter()
-            record = _log_record(sums, count, step, sampler, t_now - t_last, step - step_last, wait, throughput)
+            record = interval.close(step, sampler, throughput)
             if rank == 0:
                 append_jsonl(record, run_dir / "log.jsonl")
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}",
                                 **({"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}))
                 log.info(json.dumps(record))
-            sums, count, wait, t_last, step_last = {}, 0, 0.0, t_now, step
 
         stop = dist.any_rank(suspend.signal is not None, device) if world > 1 else suspend.signal is not None
         if step % tcfg["ckpt_every"] == 0 or step in exports or stop:
@@ -482,16 +478,35 @@ class Throughput:
         return record
 
 
-def _log_record(sums, count, step, sampler, elapsed, steps, wait, throughput: Throughput) -> dict:
-    """Loss terms averaged over the interval and over ranks, plus throughput (rank 0's timing)."""
-    names = sorted(sums)
-    values = dist.all_reduce_(torch.stack([sums[n] for n in names])) / (count * dist.get_world_size())
-    record = {"step": step, "epoch": round(step / sampler.steps_per_epoch, 4)}
-    for name, value in zip(names, values.tolist()):
-        if not math.isfinite(value):
-            raise FloatingPointError(f"step {step}: loss term {name!r} is {value}")
-        record["loss" if name == "total" else name] = value
-    return {**record, **throughput.record(elapsed, steps, wait)}
+class LogInterval:
+    """The loss terms and timing of the steps since the last log line."""
+
+    def __init__(self, step: int):
+        self._open(step, time.perf_counter())
+
+    def _open(self, step: int, now: float) -> None:
+        self.sums, self.count, self.wait, self.t_start, self.step_start = {}, 0, 0.0, now, step
+
+    def add(self, terms: dict) -> None:
+        self.count += 1
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0) + value
+
+    def close(self, step: int, sampler: StepBatches, throughput: Throughput) -> dict:
+        """The log record at `step`: loss terms averaged over the interval and over ranks, plus
+        throughput (rank 0's timing); the next interval starts here."""
+        now = time.perf_counter()
+        names = sorted(self.sums)
+        sums = dist.all_reduce_(torch.stack([self.sums[n] for n in names]))
+        values = sums / (self.count * dist.get_world_size())
+        record = {"step": step, "epoch": round(step / sampler.steps_per_epoch, 4)}
+        for name, value in zip(names, values.tolist()):
+            if not math.isfinite(value):
+                raise FloatingPointError(f"step {step}: loss term {name!r} is {value}")
+            record["loss" if name == "total" else name] = value
+        record.update(throughput.record(now - self.t_start, step - self.step_start, self.wait))
+        self._open(step, now)
+        return record
 
 
 def _truncate_log(path: Path, step: int) -> None:
