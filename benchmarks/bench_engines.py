@@ -34,7 +34,7 @@ import yaml
 
 from sfd.config import load_experiment
 from sfd.latents import compute_stats, write_index, write_shard
-from sfd.models.lightningdit import repa_out_dim
+from sfd.models.sizes import repa_out_dim
 from sfd.tokenizers import AEArch, TextureVAE, save_texture_vae
 
 CASES = {

@@ -4,20 +4,22 @@ Three layouts exist: `{'ema': state_dict}` (our EMA exports and, probably, the r
 a full training dict `{'model', 'ema', 'opt', 'config', ...}`, and a bare state dict. Only the EMA
 is ever sampled, so `ema` is the default entry.
 
-Loading is safe by default (`torch.load(weights_only=True)`). The official training dicts pickle
-an OmegaConf `config`, which the safe loader refuses; such a file is read with
-`weights_only=False` only when the caller passes `allow_unsafe=True`, because unpickling can run
-arbitrary code. The workflow passes it for the files fetched from the trusted SFD-Project repo.
+Every checkpoint, ours or released, is read by `safe_load`: `torch.load(weights_only=True)` with an
+allowlist of exactly the classes the official training code pickles besides tensors (the OmegaConf
+`config` of its training dicts). Nothing is ever unpickled with `weights_only=False`, so a file from
+anywhere cannot run code; a file needing another class is refused with that class named.
 """
 
+import collections
 import os
 import pickle
 import re
+import typing
 from pathlib import Path
 
 import torch
 from torch import nn
-from sfd.errors import UserError
+from sfd.errors import UserError, first_line
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -51,29 +53,48 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source) -> No
     module.load_state_dict(state)
 
 
-def _torch_load(path: Path, allow_unsafe: bool):
-    """torch.load, safe first; the unsafe retry only for pickled objects and only when allowed."""
+def pickled_globals() -> list:
+    """The classes besides tensors that the official checkpoints pickle, and nothing else.
+
+    The official `train.py` saves its OmegaConf `config` (a DictConfig read by `OmegaConf.load`:
+    DictConfig/ListConfig of AnyNode values, their metadata, and the types the metadata names).
+    The Semantic VAE trainer stores its config as a YAML string and the LDM/Lightning texture VAE
+    file plain dicts, so they need nothing here.
+    """
+    from omegaconf import DictConfig, ListConfig
+    from omegaconf.base import ContainerMetadata, Metadata
+    from omegaconf.nodes import AnyNode
+
+    return [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, typing.Any, collections.defaultdict,
+            dict, list, int]
+
+
+def safe_load(path) -> object:
+    """`torch.load(path, weights_only=True)` on the CPU with `pickled_globals()` allowed.
+
+    Raises CheckpointError naming the file: for a damaged file, and for one that pickles any other
+    class (named in the message), which is never loaded unsafely.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(pickled_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if pickled is None:
-            raise CheckpointError(f"{path}: not a readable torch checkpoint (corrupt?): {err}") from None
-        if not allow_unsafe:
-            raise CheckpointError(
-                f"{path}: holds pickled Python objects ({pickled[1]}), so the safe loader "
-                "(weights_only=True) refuses it. Load it with allow_unsafe=True (weights_only=False) "
-                "only if the file comes from a trusted source, e.g. the SFD-Project release."
-            ) from None
-    except Exception as err:
+            raise CheckpointError(f"{path}: not a readable torch checkpoint (unpickling failed: corrupt, or "
+                                  "another kind of file)") from None
         raise CheckpointError(
-            f"{path}: not a readable torch checkpoint (truncated or corrupt?): {type(err).__name__}: {err}"
+            f"{path}: pickles {pickled[1]}, which is not among the classes the released checkpoints need "
+            "(sfd.checkpoint.pickled_globals); it is not loaded, since unpickling it could run code. "
+            "Re-save the tensors only, or add that class to pickled_globals if the file is trusted."
         ) from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
         raise CheckpointError(
-            f"{path}: could not be unpickled even with weights_only=False: {type(err).__name__}: {err}"
+            f"{path}: not a readable torch checkpoint (truncated or corrupt?): {type(err).__name__}: "
+            f"{first_line(err)}"
         ) from None
 
 
@@ -88,13 +109,11 @@ def _is_state_dict(obj) -> bool:
     return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def load_weights(path, *, key: str = "ema", allow_unsafe: bool = False) -> dict[str, torch.Tensor]:
+def load_weights(path, *, key: str = "ema") -> dict[str, torch.Tensor]:
     """The state dict stored in `path` (entry `key` of a wrapping dict, or the bare state dict),
     on the CPU, with wrapper prefixes stripped. Raises CheckpointError naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    obj = _torch_load(path, allow_unsafe)
+    obj = safe_load(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
     if key in obj:
@@ -122,7 +141,6 @@ def load_into(
     *,
     strict: bool = True,
     key: str = "ema",
-    allow_unsafe: bool = False,
 ):
     """Load a checkpoint file (or an in-memory state dict) into `model`.
 
@@ -132,7 +150,7 @@ def load_into(
     """
     if isinstance(path_or_state, (str, os.PathLike)):
         source = str(path_or_state)
-        state = load_weights(path_or_state, key=key, allow_unsafe=allow_unsafe)
+        state = load_weights(path_or_state, key=key)
     else:
         source = "<state dict>"
         state = {_strip_wrappers(k): v for k, v in path_or_state.items()}

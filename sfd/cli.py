@@ -47,6 +47,8 @@ COMMANDS = {
     "plot": ("sfd.workflow.plot", "Draw a paper figure (FID vs delta_t or vs iterations) from its results CSV."),
     "replication-report": ("sfd.workflow.replication", "Replication CSV, figures and report: toy-FID and class accuracy over seeds, verdicts."),
     "dvc-yaml": ("sfd.workflow.dvc_yaml", "Generate dvc.yaml from the Snakemake DAG (--check: fail when stale)."),
+    "downloads": ("sfd.workflow.downloads", "List every file the experiment downloads: source, destination, size."),
+    "plan": ("sfd.workflow.plan", "Per rule: jobs, FLOPs and device-hours of a target from scratch, and its downloads."),
 }
 
 

@@ -8,9 +8,12 @@ patches torch globally.
 
 import contextlib
 import importlib.util
+import logging
 import os
 
 import torch
+
+log = logging.getLogger("sfd.device")
 
 _KINDS = ("auto", "cpu", "cuda", "npu")
 
@@ -85,3 +88,94 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "npu":
         torch.npu.synchronize(device)
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 matmuls and convolutions on Ampere+ GPUs (fp32 inputs, 10-bit mantissa products).
+    The official SFD inference turns it on; EDM2 and our training keep it off."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+# ----------------------------------------------------------------------------
+# torch.compile with a fallback to eager.
+
+
+class Compiled:
+    """Calls `module` through torch.compile; if the compiled call fails where the eager one works
+    (no C++ compiler, no triton, an unsupported backend), warns once and stays eager.
+
+    Attribute reads (`training`, `eval()`, `y_embedder`, ...) go to the module itself, so the
+    wrapper stands in for it wherever it is only called; its state_dict keys are unchanged.
+    An error the eager module raises as well (a bad input shape) propagates unchanged.
+    """
+
+    def __init__(self, module: torch.nn.Module, what: str):
+        self.module, self.what = module, what
+        self.compiled = torch.compile(module)
+
+    def __getattr__(self, name):
+        if "module" not in self.__dict__:  # half-built (copy, unpickling)
+            raise AttributeError(name)
+        return getattr(self.__dict__["module"], name)
+
+    def __call__(self, *args, **kwargs):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as err:
+                out = self.module(*args, **kwargs)  # raises here if the input itself is bad
+                log.warning("%s: torch.compile failed (%s); running eager", self.what, _root_cause(err))
+                self.compiled = None
+                return out
+        return self.module(*args, **kwargs)
+
+
+def _root_cause(err: BaseException) -> str:
+    """'Type: first line' of the innermost cause (the compiler's own error, not dynamo's wrapper)."""
+    while (inner := getattr(err, "inner_exception", None) or err.__cause__) is not None:
+        err = inner
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def maybe_compile(module: torch.nn.Module, enabled: bool, what: str):
+    """`Compiled(module)` when `enabled`, else the module itself."""
+    return Compiled(module, what) if enabled else module
+
+
+# ----------------------------------------------------------------------------
+# Peak throughput, for model-FLOPs utilisation.
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets; the first
+# entry whose key is in the device name wins, so PCIe variants come before their SXM names.
+PEAK_BF16_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H800 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("H800", 989.0),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.0),
+    ("4090", 165.0),
+    ("Ascend910B", 320.0),  # Ascend 910B2/B3 fp16/bf16 as commonly quoted; the variants differ by ~15 %
+)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "npu":
+        return torch.npu.get_device_name(device)
+    return "cpu"
+
+
+def peak_bf16_flops(name: str) -> float | None:
+    """Peak dense bf16 FLOP/s of a device called `name` (CUDA/NPU device name), None if unknown."""
+    squeezed = name.replace(" ", "").lower()
+    for key, tflops in PEAK_BF16_TFLOPS:
+        if key.replace(" ", "").lower() in squeezed:
+            return tflops * 1e12
+    return None

@@ -6,6 +6,7 @@ MASTER_ADDR, MASTER_PORT); without torchrun the process is rank 0 of a world of 
 group is created. The backend follows the device: NCCL on CUDA, HCCL on Ascend, gloo on CPU.
 """
 
+import contextlib
 import os
 from datetime import timedelta
 
@@ -13,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from sfd.device import dist_backend, get_device, set_current
+from sfd.io import directory_lock
 
 
 def init(device_kind: str = "auto", timeout_minutes: int = 30) -> torch.device:
@@ -27,6 +29,17 @@ def init(device_kind: str = "auto", timeout_minutes: int = 30) -> torch.device:
             device_id=device if device.type == "cuda" else None,
         )
     return device
+
+
+@contextlib.contextmanager
+def output_lock(directory, sweep: tuple[str, ...] = (".",)):
+    """`sfd.io.directory_lock` held by rank 0 (RANK from torchrun's environment, known before the
+    process group exists) for the whole job; the other ranks work under it."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield None
+        return
+    with directory_lock(directory, sweep) as path:
+        yield path
 
 
 def get_rank() -> int:

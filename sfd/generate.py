@@ -12,18 +12,23 @@ docs/method.md §7.7, §7.11):
     the number of ranks;
   * shard j is [j·S, (j+1)·S) with S a multiple of B; ranks take whole shards round-robin
     (shard j -> rank j mod world), i.e. whole batches.
-Sampling runs in fp32 without TF32 (the official code enables TF32), with the EMA weights.
+Sampling runs in fp32 with the EMA weights; TF32 matmuls are on by default, as the official inference
+sets them (`sampling.tf32`, recorded in meta.json and index.json), and the DiT forward is compiled
+(`sampling.compile`).
 
 Output directory: `shard-XXXXX.npz` (images uint8 [n,H,W,3], labels, indices, nfe per batch) written
-atomically, `meta.json` (what is being sampled, checked on resume) first and `index.json` last.
-Resume = run the same command again: existing shards are kept and the missing ones made, so the
-final set is identical to an uninterrupted run.
+atomically, `meta.json` (what is being sampled, checked on resume) first and `index.json` last;
+every checkpoint is loaded into its model before anything is written, and the directory is locked
+while a run works in it. Resume = run the same command again: existing shards are kept, the
+missing and unreadable ones made (with a warning), so the final set is identical to an
+uninterrupted run.
 """
 
 import hashlib
 import json
 import logging
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +39,8 @@ from tqdm import tqdm
 from sfd import distributed as dist
 from sfd.checkpoint import CheckpointError
 from sfd.config import ConfigError
+from sfd.device import maybe_compile, set_tf32
+from sfd.errors import InputError
 from sfd.io import atomic_path, sha256, write_json
 from sfd.latents import denormalize_texture, load_stats
 from sfd.reads import view
@@ -43,8 +50,8 @@ from sfd.tokenizers import load_texture_vae
 log = logging.getLogger("sfd.generate")
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('data.num_classes', 'latents.multiplier', 'models.{model}.model', 'models.{guide}.model', 'sampling.method', 'sampling.num_steps', 'sampling.atol', 'sampling.rtol', 'sampling.timestep_shift', 'sampling.batch_size', 'sampling.shard_size', 'sampling.seed', 'sampling.cfg_interval_start', 'sampling.num_samples', 'sampling.guidance', 'sampling.cfg_scale')
-ALSO_READS = ('device',)
+READS = ('data.num_classes', 'latents.multiplier', 'models.{model}.model', 'models.{guide}.model', 'sampling.method', 'sampling.num_steps', 'sampling.atol', 'sampling.rtol', 'sampling.timestep_shift', 'sampling.batch_size', 'sampling.shard_size', 'sampling.seed', 'sampling.cfg_interval_start', 'sampling.num_samples', 'sampling.guidance', 'sampling.cfg_scale', 'texture_vae.pretrained', 'texture_vae.arch', 'sampling.tf32')
+ALSO_READS = ('device', 'sampling.compile')
 
 INDEX_VERSION = 1
 
@@ -84,13 +91,18 @@ def shard_path(out: Path, shard: int) -> Path:
 
 
 def read_shard(path: Path, start: int, stop: int) -> dict | None:
-    """A complete shard's arrays, or None if it is missing or not the expected range."""
+    """A complete shard's arrays, or None if it is missing, unreadable (truncated: reported, so
+    that it is redone) or not the expected range."""
+    if not path.is_file():
+        return None
     try:
         with np.load(path) as data:
             arrays = {key: data[key] for key in ("images", "labels", "indices")}
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        log.warning("redoing %s: unreadable shard (%s: %s)", path, type(err).__name__, err)
         return None
     if not np.array_equal(arrays["indices"], np.arange(start, stop)) or len(arrays["images"]) != stop - start:
+        log.warning("redoing %s: it does not hold samples [%d, %d)", path, start, stop)
         return None
     return arrays
 
@@ -106,23 +118,34 @@ def latent_size(state_dict: dict, model_cfg: dict) -> int:
     tokens = state_dict["pos_embed"].shape[1]
     side = int(round(tokens**0.5))
     if side * side != tokens:
-        raise ConfigError(f"pos_embed has {tokens} tokens, not a square grid")
+        raise CheckpointError(f"pos_embed has {tokens} tokens, not a square grid")
     return side * parse_model_type(model_cfg["model_type"])[1]
 
 
-def load_ema_model(cfg: dict, model_name: str, ckpt: Path, num_classes: int, device, allow_unsafe: bool, source: str):
-    """models.<model_name> with the EMA weights of `ckpt` (any layout sfd.checkpoint accepts)."""
-    from sfd.checkpoint import load_into, load_weights
+def released_vae_arch(cfg: dict) -> dict | None:
+    """The texture VAE architecture to load a released file with (it records none); our own
+    checkpoints carry theirs."""
+    return cfg["texture_vae"]["arch"] if cfg["texture_vae"]["pretrained"] is not None else None
+
+
+def load_ema_model(cfg: dict, model_name: str, ckpt: Path, num_classes: int, device, source: str):
+    """models.<model_name> with the EMA weights of `ckpt` (any layout sfd.checkpoint accepts); a
+    checkpoint of another architecture is a CheckpointError naming the file and the first misfit key."""
+    from sfd.checkpoint import load_strict, load_weights
     from sfd.models import build_model
 
     if model_name not in cfg.get("models", {}):
         raise ConfigError(f"{source}: models.{model_name}: no such model (have: {', '.join(cfg.get('models', {}))})")
     model_cfg = cfg["models"][model_name]["model"]
-    state = load_weights(ckpt, allow_unsafe=allow_unsafe)
+    state = load_weights(ckpt)
     if "pos_embed" not in state:
-        raise ConfigError(f"{ckpt}: no pos_embed entry; not a LightningDiT checkpoint")
-    model = build_model(model_cfg, num_classes=num_classes, input_size=latent_size(state, model_cfg))
-    load_into(model, state)
+        raise CheckpointError(f"{ckpt}: no pos_embed entry; not a LightningDiT checkpoint")
+    try:
+        input_size = latent_size(state, model_cfg)
+    except CheckpointError as err:
+        raise CheckpointError(f"{ckpt}: {err}") from None
+    model = build_model(model_cfg, num_classes=num_classes, input_size=input_size)
+    load_strict(model, state, f"{ckpt} (models.{model_name})")
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -146,7 +169,7 @@ def guidance_settings(scfg: dict, guidance: str, cfg_scale, guide_model, guide_c
 class ImageSampler:
     """Global indices -> uint8 images: per-index noise and label, ODE solve, de-normalise, decode."""
 
-    model: torch.nn.Module
+    model: torch.nn.Module  # or its sfd.device.Compiled stand-in (sampling.compile), likewise `weak`
     weak: torch.nn.Module | None  # AutoGuidance's weak model
     vae: torch.nn.Module
     stats: object
@@ -192,7 +215,6 @@ def sample(
     guide_ckpt: Path | None = None,
     num_samples: int | None = None,
     seed: int | None = None,
-    allow_unsafe: bool = False,
     source: str = "<config>",
 ) -> int:
     """Make the missing shards of `out` (this rank's share) and, on rank 0, the index.
@@ -214,7 +236,8 @@ def sample(
     meta = {
         "version": INDEX_VERSION, "model_name": model_name, "model": cfg["models"][model_name]["model"],
         "num_samples": n, "num_classes": cfg["data"]["num_classes"], "seed": scfg["seed"],
-        **{k: scfg[k] for k in ("method", "num_steps", "atol", "rtol", "timestep_shift", "batch_size", "shard_size")},
+        **{k: scfg[k] for k in ("method", "num_steps", "atol", "rtol", "timestep_shift", "batch_size", "shard_size",
+                                "tf32")},
         **guide, "guide_model": guide_model if ag else None, "multiplier": cfg["latents"]["multiplier"],
         "ckpt_sha256": sha256(ckpt), "guide_ckpt_sha256": sha256(guide_ckpt) if ag else None,
         "texture_vae_sha256": sha256(texture_vae),
@@ -225,30 +248,36 @@ def sample(
 
     device = dist.init(cfg["device"])
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    shards = shard_ranges(n, scfg["shard_size"])
-    if rank == 0:
-        _claim(out, meta)
-    dist.barrier()
-    mine = [j for j in range(len(shards)) if j % world == rank and read_shard(shard_path(out, j), *shards[j]) is None]
-    dist.print0(
-        f"sampling {n} images of {model_name} ({ckpt}) with {guide['guidance']} s={guide['cfg_scale']}, "
-        f"{scfg['method']}: {len(shards)} shards of {scfg['shard_size']} on {world} ranks, {len(mine)} to make on rank 0"
+    set_tf32(scfg["tf32"])
+    # Every input is loaded (the checkpoints into their models) before anything is written.
+    num_classes = meta["num_classes"]
+    models = [maybe_compile(load_ema_model(cfg, name, path, num_classes, device, source), scfg["compile"],
+                            f"sample {name}")
+              for name, path in ((model_name, ckpt), (guide_model, guide_ckpt))[: 1 + ag]]
+    sampler = ImageSampler(
+        model=models[0], weak=models[1] if ag else None,
+        vae=load_texture_vae(texture_vae, arch=released_vae_arch(cfg)).to(device).eval(),
+        stats=load_stats(latents), settings=scfg,
+        guide=guide, num_samples=n, num_classes=num_classes, delta_t=meta["model"]["semfirst_delta_t"],
+        interval_mode=meta["model"]["semfirst_infer_interval_mode"], multiplier=meta["multiplier"],
+        device=device,
     )
-    if mine:
-        num_classes = meta["num_classes"]
-        sampler = ImageSampler(
-            model=load_ema_model(cfg, model_name, ckpt, num_classes, device, allow_unsafe, source),
-            weak=load_ema_model(cfg, guide_model, guide_ckpt, num_classes, device, allow_unsafe, source) if ag else None,
-            vae=load_texture_vae(texture_vae).to(device).eval(), stats=load_stats(latents), settings=scfg,
-            guide=guide, num_samples=n, num_classes=num_classes, delta_t=meta["model"]["semfirst_delta_t"],
-            interval_mode=meta["model"]["semfirst_infer_interval_mode"], multiplier=meta["multiplier"], device=device,
+    shards = shard_ranges(n, scfg["shard_size"])
+    with dist.output_lock(out):
+        if rank == 0:
+            _claim(out, meta)
+        dist.barrier()
+        mine = [j for j in range(len(shards))
+                if j % world == rank and read_shard(shard_path(out, j), *shards[j]) is None]
+        dist.print0(
+            f"sampling {n} images of {model_name} ({ckpt}) with {guide['guidance']} s={guide['cfg_scale']}, "
+            f"{scfg['method']}: {len(shards)} shards of {scfg['shard_size']} on {world} ranks, "
+            f"{len(mine)} to make on rank 0"
         )
         _make_shards(sampler, out, [(j, *shards[j]) for j in mine], scfg["batch_size"], rank)
-    dist.barrier()
-    if rank == 0:
-        _write_index(out, meta, shards)
+        dist.barrier()
+        if rank == 0:
+            _write_index(out, meta, shards)
     dist.cleanup()
     return 0
 
@@ -274,10 +303,14 @@ def _make_shards(sampler: ImageSampler, out: Path, todo: list[tuple[int, int, in
 
 def _claim(out: Path, meta: dict) -> None:
     """Write meta.json, or check that existing shards were made with the same settings (file
-    contents by hash; the paths they came from may differ)."""
+    contents by hash; the paths they came from may differ). Settings that no shard was made with
+    yet are simply replaced."""
     path = out / "meta.json"
-    if path.exists():
-        old = json.loads(path.read_text())
+    if path.exists() and any(out.glob("shard-*.npz")):
+        try:
+            old = json.loads(path.read_text())
+        except ValueError as err:
+            raise InputError(f"{path}: not valid JSON ({err}); delete {out} to start over") from None
         for key in sorted(set(old) | set(meta)):
             if not key.endswith("_path") and old.get(key) != meta.get(key):
                 raise ConfigError(
@@ -321,8 +354,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--guide-model", default=None, help="AutoGuidance: run name of the weak model")
     parser.add_argument("--guide-ckpt", type=Path, default=None, help="AutoGuidance: the weak model's checkpoint")
     parser.add_argument("--num-samples", type=int, default=None, help="default: sampling.num_samples")
-    parser.add_argument("--allow-unsafe-pickle", action="store_true",
-                        help="load checkpoints holding pickled objects (released SFD files only)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda", "npu"], default=None, help="override `device`")
 
 
@@ -335,6 +366,5 @@ def main(args) -> int:
     return sample(
         cfg, args.model, args.ckpt, args.latents, args.texture_vae, args.out,
         guidance=args.guidance, cfg_scale=args.cfg_scale, guide_model=args.guide_model,
-        guide_ckpt=args.guide_ckpt, num_samples=args.num_samples,
-        allow_unsafe=args.allow_unsafe_pickle, source=args.config,
+        guide_ckpt=args.guide_ckpt, num_samples=args.num_samples, source=args.config,
     )

@@ -8,13 +8,14 @@ official `os.walk` + `random.shuffle(42)` it does not depend on the filesystem. 
 uncompressed with a fixed zip timestamp, so the same samples give the same bytes (and sha256).
 
 The images are staged in a temporary memory-mapped .npy next to the output and streamed into the
-zip, so 50,000 images at 256² (9.8 GB) need no matching RAM.
+zip, so 50,000 images at 256² (9.8 GB) need no matching RAM. Both sizes are known up front: the
+free space for them is checked before anything is written, and the staging file is allocated
+(posix_fallocate) before it is mapped, so a full disk is an error message, never a SIGBUS.
 """
 
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -22,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from sfd.config import ConfigError
-from sfd.io import atomic_path
+from sfd.errors import InputError
+from sfd.io import atomic_path, output_errors, require_free_space, require_writable, sweep_temps, temp_file
 from sfd.reads import view
 
 log = logging.getLogger("sfd.pack")
@@ -32,13 +34,17 @@ READS = ('sampling.pack_seed', 'sampling.grid_classes', 'sampling.grid_per_class
 
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _CHUNK = 1024
+_ZIP_OVERHEAD = 1 << 16  # npy headers and zip64 records of the two entries, generously
 
 
 def read_index(samples: Path) -> dict:
     path = samples / "index.json"
     if not path.is_file():
         raise ConfigError(f"{path}: no sample index (sampling unfinished? run `sfd sample` again)")
-    index = json.loads(path.read_text())
+    try:
+        index = json.loads(path.read_text())
+    except ValueError as err:
+        raise InputError(f"{path}: not valid JSON ({err}); run `sfd sample` again to rewrite it") from None
     covered = 0
     for entry in index["shards"]:
         if entry["start"] != covered:
@@ -49,17 +55,38 @@ def read_index(samples: Path) -> dict:
     return index
 
 
+def images_bytes(index: dict) -> int:
+    return index["num_samples"] * int(np.prod(index["image_shape"]))
+
+
+def staging_map(staging: Path, n: int, shape: tuple) -> np.memmap:
+    """A writable [n, *shape] uint8 .npy map whose blocks are allocated on disk: writes into a
+    sparse map on a full disk kill the process with SIGBUS instead of raising."""
+    images = np.lib.format.open_memmap(staging, mode="w+", dtype=np.uint8, shape=(n, *shape))
+    with open(staging, "rb+") as f:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    return images
+
+
 def load_ordered(samples: Path, index: dict, staging: Path):
     """All images in global-index order in a memory map at `staging`, and the labels."""
     n, shape = index["num_samples"], tuple(index["image_shape"])
-    images = np.lib.format.open_memmap(staging, mode="w+", dtype=np.uint8, shape=(n, *shape))
+    images = staging_map(staging, n, shape)
     labels = np.empty(n, dtype=np.int64)
     for entry in index["shards"]:
-        with np.load(samples / entry["file"]) as shard:
-            if not np.array_equal(shard["indices"], np.arange(entry["start"], entry["stop"])):
-                raise ConfigError(f"{samples / entry['file']}: indices differ from index.json's range")
-            images[entry["start"] : entry["stop"]] = shard["images"]
-            labels[entry["start"] : entry["stop"]] = shard["labels"]
+        path = samples / entry["file"]
+        try:
+            with np.load(path) as shard:
+                indices, shard_images, shard_labels = shard["indices"], shard["images"], shard["labels"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise InputError(f"{path}: unreadable sample shard ({type(err).__name__}: {err}); run "
+                             "`sfd sample` again to redo it") from None
+        if not np.array_equal(indices, np.arange(entry["start"], entry["stop"])):
+            raise ConfigError(f"{path}: indices differ from index.json's range")
+        if shard_images.shape[1:] != shape:
+            raise InputError(f"{path}: images {list(shard_images.shape[1:])}, index.json says {list(shape)}")
+        images[entry["start"] : entry["stop"]] = shard_images
+        labels[entry["start"] : entry["stop"]] = shard_labels
     return images, labels
 
 
@@ -105,18 +132,25 @@ def write_grid(path: Path, images, labels: np.ndarray, classes: list[int], per_c
 
 
 def pack(samples: Path, out: Path, *, seed: int, grid: Path | None, rows: int, per_class: int) -> dict:
+    """Write the ADM npz (and the grid). The output's directory must hold the npz and, meanwhile,
+    the staging copy: twice the images' size, checked before anything is written."""
     index = read_index(samples)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".staging.npy")
+    for path in (out, grid) if grid is not None else (out,):
+        require_writable(path)
+    require_free_space(out, 2 * (images_bytes(index) + 8 * index["num_samples"]) + _ZIP_OVERHEAD)
+    sweep_temps(out.parent, out.name)
+    with output_errors(out):
+        fd, staging = temp_file(out, ".npy")
     os.close(fd)
     try:
-        images, labels = load_ordered(samples, index, Path(staging))
+        with output_errors(out):  # the staging copy's writes: shards that cannot be read are InputErrors
+            images, labels = load_ordered(samples, index, staging)
         write_adm_npz(out, images, labels, class_mixing_permutation(len(labels), seed))
         if grid is not None:
             write_grid(grid, images, labels, grid_classes(labels, index["num_classes"], rows), per_class)
         del images
     finally:
-        os.unlink(staging)
+        staging.unlink(missing_ok=True)
     log.info("packed %d images %s from %s into %s (permutation seed %d)", len(labels), index["image_shape"],
              samples, out, seed)
     return index

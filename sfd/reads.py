@@ -162,6 +162,11 @@ def plain(cfg: Mapping) -> dict:
 def restrict(cfg: dict, module: str, source: str, **names) -> ConfigView:
     """The validated experiment `cfg` as the command in `module` may read it: its READS and
     ALSO_READS, placeholders filled from `names`."""
+    for name, section in (("model", "models"), ("guide", "models"), ("run", "runs"), ("table", "tables")):
+        value = names.get(name)
+        if value is not None and value not in cfg.get(section, {}):
+            known = ", ".join(cfg.get(section, {})) or "none"
+            raise ConfigError(f"{source}: {section}.{value}: no such {section[:-1]} (have: {known})")
     reads, also = declared(module)
     return ConfigView(cfg, resolve(reads + also, cfg, names), command_name(module), source)
 

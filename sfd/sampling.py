@@ -14,6 +14,9 @@ one-element lists (its error norm is then computed in float64), and a CFG state 
 conditional and the null-label copy side by side (dopri5's error norm is global over the state).
 """
 
+import contextlib
+from dataclasses import dataclass
+
 import torch
 from torchdiffeq import odeint
 
@@ -56,6 +59,66 @@ def guide(v_cond, v_ref, scale: float, t: torch.Tensor, interval_start: float):
     if bool(t[0] < interval_start):
         return v_cond
     return v_ref + scale * (v_cond - v_ref)
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """How a guided velocity is mixed, per slice: the texture channels before `split`, the
+    semantic ones from it, each with its own scale and interval start (docs/method.md §4.3)."""
+
+    split: int
+    scale_tex: float
+    scale_sem: float
+    start_tex: float
+    start_sem: float
+
+    @classmethod
+    def of(cls, split: int, scale: float, scale_tex, scale_sem, interval_start: float, interval_mode: str):
+        """Per-slice scales default to `scale`; `interval_mode` says which slices the interval gates."""
+        return cls(
+            split,
+            scale_tex=scale if scale_tex is None else scale_tex,
+            scale_sem=scale if scale_sem is None else scale_sem,
+            start_tex=interval_start if interval_mode in ("both", "tex") else 0.0,
+            start_sem=interval_start if interval_mode in ("both", "sem") else 0.0,
+        )
+
+    def __call__(self, v_cond, v_ref, t):
+        """The guided velocity at model time t (one tensor, or the pair (t_tex, t_sem))."""
+        t_tex, t_sem = t if isinstance(t, tuple) else (t, t)
+        s = self.split
+        return torch.cat(
+            [
+                guide(v_cond[:, :s], v_ref[:, :s], self.scale_tex, t_tex, self.start_tex),
+                guide(v_cond[:, s:], v_ref[:, s:], self.scale_sem, t_sem, self.start_sem),
+            ],
+            dim=1,
+        )
+
+
+def with_null_labels(model, noise: torch.Tensor, labels: torch.Tensor, null_label: int | None):
+    """The CFG state: noise twice, with the true labels then the null label (default the model's
+    `y_embedder.num_classes`), side by side so that dopri5's error norm covers both."""
+    if null_label is None:
+        null_label = getattr(getattr(model, "y_embedder", None), "num_classes", None)
+        if null_label is None:
+            raise ValueError("CFG needs null_label: the model has no y_embedder.num_classes")
+    return torch.cat([noise, noise]), torch.cat([labels, torch.full_like(labels, null_label)])
+
+
+@contextlib.contextmanager
+def evaluating(*models):
+    """Eval mode under no_grad for the block; each model's own mode is restored afterwards."""
+    models = [m for m in models if m is not None]
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in zip(models, modes):
+            m.train(mode)
 
 
 def ode_sample(
@@ -102,22 +165,11 @@ def ode_sample(
     if cfg_interval_mode not in ("both", "tex", "sem"):
         raise ValueError(f"cfg_interval_mode must be both, tex or sem, got {cfg_interval_mode!r}")
     guided = cfg_scale > 1.0
-    start_tex = cfg_interval_start if cfg_interval_mode in ("both", "tex") else 0.0
-    start_sem = cfg_interval_start if cfg_interval_mode in ("both", "sem") else 0.0
     use_cfg = guided and guide_model is None
-    scale_tex = cfg_scale if cfg_scale_tex is None else cfg_scale_tex
-    scale_sem = cfg_scale if cfg_scale_sem is None else cfg_scale_sem
-    split = noise.shape[1] - semantic_chans
+    mix = Guidance.of(noise.shape[1] - semantic_chans, cfg_scale, cfg_scale_tex, cfg_scale_sem,
+                      cfg_interval_start, cfg_interval_mode)
     counts = {"nfe": 0, "forwards": 0}
-
-    z, y = noise, labels
-    if use_cfg:
-        if null_label is None:
-            null_label = getattr(getattr(model, "y_embedder", None), "num_classes", None)
-            if null_label is None:
-                raise ValueError("CFG needs null_label: the model has no y_embedder.num_classes")
-        z = torch.cat([noise, noise])
-        y = torch.cat([labels, torch.full_like(labels, null_label)])
+    z, y = with_null_labels(model, noise, labels, null_label) if use_cfg else (noise, labels)
 
     def velocity(x, t):
         counts["forwards"] += 1
@@ -129,14 +181,7 @@ def ode_sample(
         else:
             counts["forwards"] += 1
             v_cond, v_ref = v, guide_model(x, t, y)
-        t_tex, t_sem = t if isinstance(t, tuple) else (t, t)
-        v = torch.cat(
-            [
-                guide(v_cond[:, :split], v_ref[:, :split], scale_tex, t_tex, start_tex),
-                guide(v_cond[:, split:], v_ref[:, split:], scale_sem, t_sem, start_sem),
-            ],
-            dim=1,
-        )
+        v = mix(v_cond, v_ref, t)
         return torch.cat([v, v]) if use_cfg else v
 
     def drift(tau, x):
@@ -147,16 +192,8 @@ def ode_sample(
         return velocity(x, phase_times(tau, delta_t)) * channel_mask(tau, x, delta_t, semantic_chans)
 
     grid = time_grid(num_steps, delta_t, timestep_shift).to(noise.device)
-    models = [m for m in (model, guide_model) if m is not None]
-    modes = [m.training for m in models]
-    for m in models:
-        m.eval()
-    try:
-        with torch.no_grad():
-            final = odeint(drift, z, grid, method=METHODS[method], atol=[atol], rtol=[rtol])[-1]
-    finally:
-        for m, mode in zip(models, modes):
-            m.train(mode)
+    with evaluating(model, guide_model):
+        final = odeint(drift, z, grid, method=METHODS[method], atol=[atol], rtol=[rtol])[-1]
     if stats is not None:
         stats.update(counts)
     return final[: noise.shape[0]]

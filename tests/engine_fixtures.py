@@ -3,12 +3,15 @@ in the extraction format, a tiny texture VAE and a tiny SFD DiT experiment."""
 
 import copy
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from sfd.config import validate
+from sfd.io import is_temp
 
 # LightningDiT-P/1 with every SFD switch on, on a 4x4 grid of 4 texture + 4 semantic channels,
 # REPA onto 16-wide tokens after block 1.
@@ -34,13 +37,15 @@ def one_thread():
 
 
 def tiny_experiment(train: dict | None = None, sampling: dict | None = None) -> dict:
+    """Eager (compile off): torch.compile costs ~1 min per process on this CPU; tests/test_speed.py
+    checks the compiled path."""
     return {
         "name": "tiny", "seed": 3, "device": "cpu",
         "data": {"num_classes": NUM_CLASSES},
         "models": {"tiny": {"model": copy.deepcopy(TINY_MODEL), "train": {
             "global_batch_size": 16, "lr": 5e-4, "ema_decay": 0.9, "budgets": [4], "ckpt_every": 2,
-            "log_every": 1, "num_workers": 0, "mixed_precision": "bf16", **(train or {})}}},
-        "sampling": {"num_samples": 24, "batch_size": 4, "shard_size": 8, **(sampling or {})},
+            "log_every": 1, "num_workers": 0, "mixed_precision": "bf16", "compile": False, **(train or {})}}},
+        "sampling": {"num_samples": 24, "batch_size": 4, "shard_size": 8, "compile": False, **(sampling or {})},
     }
 
 
@@ -84,3 +89,22 @@ def train_tiny(cfg_path: Path, latents: Path, run_dir: Path, until: int) -> Path
     cfg = validate(yaml.safe_load(Path(cfg_path).read_text()), "experiment")
     assert train(cfg, "tiny", latents, run_dir, until_step=until) == 0
     return run_dir
+
+
+def plant_leftovers(directory: Path, target: str) -> list[Path]:
+    """The temporary files a run killed while saving `target` leaves: a real one (a child process
+    SIGKILLed inside atomic_path) and one named as safetensors names its own."""
+    code = (f"import os, signal; from sfd.io import atomic_path\n"
+            f"with atomic_path({str(directory / target)!r}) as tmp:\n"
+            f"    tmp.write_bytes(b'half a file')\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    subprocess.run([sys.executable, "-c", code], env={**ENV, "PYTHONPATH": os.pathsep.join(sys.path)})
+    safetensors_tmp = directory / ".tmpAb12Cd"
+    safetensors_tmp.write_bytes(b"torn")
+    left = sorted(p for p in directory.iterdir() if is_temp(p))
+    assert len(left) == 2, left
+    return left
+
+
+def hidden_files(root: Path) -> list[str]:
+    """Hidden files anywhere under `root` (temporary files, locks): none may survive a finished run."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob(".*"))

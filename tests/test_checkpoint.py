@@ -1,11 +1,13 @@
 """Checkpoint loading (docs/method.md §2.7, §7.5): the three released/training layouts, the safe-load
 policy, wrapper prefixes, and errors that name the file and the offending key."""
 
+import argparse
+
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sfd.checkpoint import CheckpointError, load_into, load_weights
+from sfd.checkpoint import CheckpointError, load_into, load_weights, safe_load
 from sfd.io import torch_save
 from sfd.models import build_model
 
@@ -22,6 +24,19 @@ CFG = dict(
     repa_out_dim=24,
     repa_hidden_dim=32,
 )
+
+
+# An official configs/sfd/*/train.yaml, abridged: every value type it holds (str, int, float,
+# bool, null, a list), as train.py reads it with OmegaConf.load and pickles it into checkpoints.
+OFFICIAL_TRAIN_YAML = """\
+ckpt_path: ''
+data: {data_path: outputs/dataset/imagenet_train_256, image_size: 256, latent_multiplier: 1.0}
+model: {model_type: LightningDiT-P/1, use_qknorm: true, in_chans: 8, semantic_chans: 4, semfirst_delta_t: 0.3}
+train: {max_steps: 4000000, global_batch_size: 256, exp_name: sfd_xl, ckpt: null, ckpt_every: 80000}
+optimizer: {lr: 0.0001, beta2: 0.999}
+transport: {path_type: Linear, loss_weight: null, use_cosine_loss: true}
+sample: {atol: 0.000001, rtol: 0.001, betas: [0.9, 0.95]}
+"""
 
 
 def make_model(seed=0, **overrides):
@@ -56,7 +71,9 @@ def training_dict(model, other):
             {"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "params": list(range(len(params)))}
         ],
     }
-    config = OmegaConf.create({"model": dict(CFG), "train": {"global_batch_size": 256}})
+    config = OmegaConf.create(OFFICIAL_TRAIN_YAML)  # what OmegaConf.load makes of the file
+    config["train"]["resume"] = False  # train.py sets these two keys on the loaded config
+    config["train"]["load_ckpt"] = False
     return {"model": other.state_dict(), "ema": model.state_dict(), "opt": opt, "config": config}
 
 
@@ -77,20 +94,44 @@ def test_strict_round_trip_through_every_layout(tmp_path, source, layout):
         torch_save(training_dict(source, make_model(seed=5)), path)
     target = make_model(seed=1)
     assert not torch.equal(velocity(target), velocity(source))
-    load_into(target, path, allow_unsafe=layout == "training")
+    load_into(target, path)
     assert torch.equal(velocity(target), velocity(source))
-    loaded = load_weights(path, allow_unsafe=layout == "training")
+    loaded = load_weights(path)
     assert list(loaded) == list(sd)
     assert "pos_embed" in loaded and "feat_rope.freqs_cos" in loaded
 
 
-def test_training_dict_needs_explicit_unsafe_load(tmp_path, source):
+def test_training_dict_loads_safely_with_its_config(tmp_path, source):
     path = tmp_path / "0400000.pt"
     torch_save(training_dict(source, make_model(seed=5)), path)
-    with pytest.raises(CheckpointError, match=r"0400000\.pt.*pickled Python objects.*omegaconf.*allow_unsafe=True"):
-        load_weights(path)
-    raw = load_weights(path, key="model", allow_unsafe=True)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(path)  # not loadable by a bare weights_only
+    raw = load_weights(path, key="model")
     assert not torch.equal(raw["blocks.0.attn.qkv.weight"], source.state_dict()["blocks.0.attn.qkv.weight"])
+    config = safe_load(path)["config"]
+    assert config.model.model_type == "LightningDiT-P/1" and config.sample.betas == [0.9, 0.95]
+    assert config.train.ckpt is None and config.train.resume is False
+
+
+class Planted:
+    """A class whose unpickling would leave a mark: the loader must refuse it, not run it."""
+
+    def __init__(self, mark):
+        self.mark = mark
+
+    def __reduce__(self):
+        return (open, (str(self.mark), "w"))
+
+
+@pytest.mark.parametrize("extra", ["namespace", "planted"])
+def test_other_pickled_classes_are_refused_by_name_and_never_run(tmp_path, source, extra):
+    mark = tmp_path / "ran"
+    obj = argparse.Namespace(lr=1e-4) if extra == "namespace" else Planted(mark)
+    path = tmp_path / "0400000.pt"
+    torch.save({"ema": source.state_dict(), "args": obj}, path)
+    name = "argparse.Namespace" if extra == "namespace" else "io.open"
+    with pytest.raises(CheckpointError, match=rf"0400000\.pt: pickles {name}.*not loaded.*pickled_globals"):
+        load_weights(path)
+    assert not mark.exists()
 
 
 def test_missing_entry_lists_top_level_keys(tmp_path, source):
@@ -120,8 +161,6 @@ def test_corrupt_file_is_named(tmp_path, source, damage):
     bad.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not a checkpoint" * 8, "empty": b""}[damage])
     with pytest.raises(CheckpointError, match=rf"{damage}\.pt: not a readable torch checkpoint"):
         load_weights(bad)
-    with pytest.raises(CheckpointError, match=rf"{damage}\.pt"):
-        load_weights(bad, allow_unsafe=True)
 
 
 def test_missing_file_and_non_state_dict(tmp_path):

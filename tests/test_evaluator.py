@@ -29,7 +29,7 @@ from sfd.evaluation.batches import (
     require_finite,
     statistics,
 )
-from sfd.evaluation.evaluate import evaluate, resolve_metric_label
+from sfd.evaluation.evaluate import default_cache_dir, evaluate, resolve_metric_label
 from sfd.evaluation.metrics import feature_statistics, frechet_distance, inception_score
 from sfd.io import sha256
 
@@ -38,9 +38,10 @@ needs_tf = pytest.mark.skipif(not HAS_TF, reason="tensorflow is not installed (p
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-def run_sfd(*args, cwd=None):
+def run_sfd(*args, cwd=None, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "sfd", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=ENV
+        [sys.executable, "-m", "sfd", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+        env={**ENV, **(env or {})},
     )
 
 
@@ -93,6 +94,52 @@ def test_cli_writes_nothing_on_bad_input(tmp_path, capsys):
     assert rc == 2
     assert "samples.npz: not a readable .npz archive" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.npz", "samples.npz"]
+
+
+def test_reference_of_another_image_size_is_refused_unless_allowed(tmp_path):
+    np.savez(tmp_path / "s.npz", arr_0=images(10, size=8))
+    np.savez(tmp_path / "ref.npz", arr_0=images(10, size=16))
+    with pytest.raises(EvalInputError, match=r"s\.npz holds 8x8 images, .*ref\.npz 16x16; pass --allow-size"):
+        evaluate(tmp_path / "s.npz", tmp_path / "ref.npz", tmp_path / "missing.pb")
+    with pytest.raises(EvalInputError, match="missing.pb: no such detector graph"):  # past the size check
+        evaluate(tmp_path / "s.npz", tmp_path / "ref.npz", tmp_path / "missing.pb", allow_size_mismatch=True)
+
+
+@pytest.mark.parametrize("values, needle", [((0, 2), "values in [0, 1]; were [0, 1] floats"),
+                                            ((7, 1), "all the constant 7")], ids=["0..1", "constant"])
+def test_suspicious_value_ranges_warn(tmp_path, caplog, values, needle):
+    rng = np.random.default_rng(0)
+    constant = values[1] == 1
+    np.savez(tmp_path / "s.npz", arr_0=np.full((10, 8, 8, 3), values[0], np.uint8) if constant
+             else rng.integers(*values, (10, 8, 8, 3), dtype=np.uint8))
+    np.savez(tmp_path / "ref.npz", arr_0=images(10))
+    with pytest.raises(EvalInputError, match="missing.pb"):
+        evaluate(tmp_path / "s.npz", tmp_path / "ref.npz", tmp_path / "missing.pb")
+    assert [r.message for r in caplog.records if needle in r.message and "s.npz" in r.message]
+    assert not [r for r in caplog.records if "ref.npz" in r.getMessage()]
+
+
+def test_cache_defaults_to_the_user_cache_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv("SFD_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / ".cache" / "sfd" / "eval"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "sfd" / "eval"
+    monkeypatch.setenv("SFD_CACHE_DIR", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine" / "eval"
+
+
+def test_unwritable_output_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    np.savez(tmp_path / "s.npz", arr_0=images(10))
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path / "ro" and real_access(p, mode))
+    (tmp_path / "ro").mkdir()
+    argv = ["evaluate", str(tmp_path / "s.npz"), "--reference", str(tmp_path / "s.npz"), "--detector",
+            str(tmp_path / "missing.pb"), "--out", str(tmp_path / "ro" / "m.json")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "ro/m.json: cannot write here" in err and "missing.pb" not in err
 
 
 def test_missing_detector_is_reported_before_any_work(tmp_path):
@@ -651,6 +698,7 @@ def toy_run(tmp_path_factory):
         "--csv",
         "m.csv",
         cwd=d,
+        env={"SFD_CACHE_DIR": str(d / "user-cache")},
     )
     assert first.returncode == 0, first.stderr[-3000:]
     worker = subprocess.run(
@@ -662,7 +710,7 @@ def toy_run(tmp_path_factory):
             str(d / "det.pb"),
             str(d / "samples.npz"),
             str(d / "ref.npz"),
-            str(d / ".cache" / "sfd-eval"),
+            str(d / "user-cache" / "eval"),
         ],
         capture_output=True,
         text=True,
@@ -766,8 +814,9 @@ def test_reference_features_are_cached_by_hash(toy_run):
     assert any(line.startswith("reference features from cache") for line in toy_run.report["log"])
     m = json.loads((toy_run.dir / "m.json").read_text())
     assert toy_run.report["again"] == {k: m[k] for k in toy_run.report["again"]}
-    cached = list((toy_run.dir / ".cache" / "sfd-eval").glob("reference-*.npz"))
+    cached = list((toy_run.dir / "user-cache" / "eval").glob("reference-*.npz"))
     assert len(cached) == 1 and m["reference_sha256"][:16] in cached[0].name
+    assert not (toy_run.dir / ".cache").exists()  # never in the working directory
 
 
 @needs_tf

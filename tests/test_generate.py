@@ -89,6 +89,7 @@ def test_sample_resume_and_pack(assets, tmp_path):
     assert images.shape == (24, 16, 16, 3) and images.dtype == np.uint8
     assert np.array_equal(labels, np.arange(24) * 4 // 24)
     assert images.std() > 0
+    assert json.loads((whole / "index.json").read_text())["tf32"] is True  # the official inference's setting
 
     # An interrupted run: one shard and the index missing, as after a kill. Rerunning makes only
     # the missing shard and the packed npz is byte-identical.

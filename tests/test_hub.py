@@ -1,93 +1,19 @@
 """sfd.hub against a Hub-like HTTP server on 127.0.0.1 (never the network)."""
 
 import hashlib
-import http.server
 import logging
-import threading
 from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
 import yaml
+from stand_in_hub import FakeHub
 
 from sfd import cli
 from sfd.hub import HubError, download, part_path
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TOKEN = "hf_secretTOKENvalue123"
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
-
-
-class FakeHub:
-    """Serves `files` under /<repo>/resolve/<rev>/<path>, records requests, can misbehave."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.etags: dict[str, str] = {}
-        self.gated: set[str] = set()
-        self.drop_first_get = False
-        self.requests: list[dict] = []
-        hub = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def _lookup(self):
-                hub.requests.append({"method": self.command, "path": self.path, "range": self.headers.get("Range"),
-                                     "auth": self.headers.get("Authorization")})
-                repo = "/".join(self.path.strip("/").split("/")[:2])
-                if repo in hub.gated:
-                    self._reply(401, {"X-Error-Code": "GatedRepo", "X-Error-Message": "gated"})
-                    return None
-                if self.path not in hub.files:
-                    self._reply(404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT})
-                    return None
-                return hub.files[self.path]
-
-            def _reply(self, status, headers, body=b""):
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_HEAD(self):
-                data = self._lookup()
-                if data is None:
-                    return
-                self.send_response(200)
-                self.send_header("X-Repo-Commit", COMMIT)
-                self.send_header("ETag", f'"{hub.etags.get(self.path, hashlib.sha256(data).hexdigest())}"')
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-
-            def do_GET(self):
-                data = self._lookup()
-                if data is None:
-                    return
-                start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
-                self.send_response(206 if start else 200)
-                if start:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(data) - start))
-                self.end_headers()
-                if hub.drop_first_get:
-                    hub.drop_first_get = False
-                    self.wfile.write(data[start : start + len(data) // 3])
-                    self.close_connection = True
-                    return
-                self.wfile.write(data[start:])
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def gets(self):
-        return [r for r in self.requests if r["method"] == "GET"]
 
 
 @pytest.fixture
@@ -182,3 +108,53 @@ def test_fetch_weights_cli_reads_repo_and_file_from_config(hub, tmp_path):
     assert cli.main(["fetch-weights", "--config", str(config), "--key", "texture_vae.pretrained", "--out", str(out)]) == 0
     assert Path(out).read_bytes() == PAYLOAD
     assert cli.main(["fetch-weights", "--config", str(config), "--key", "texture_vae.nope", "--out", str(out)]) == 2
+
+
+def test_download_sizes_come_from_the_hub_online_and_from_the_config_offline(hub, tmp_path):
+    from sfd.workflow.downloads import Download, hub_file, report, sized
+
+    hub.files["/org/vae/resolve/main/ae.ckpt"] = PAYLOAD
+    hub.files["/assets/graph.pb"] = b"g" * 1000
+    files = [hub_file("fetch_tokenizer", "out/ae.ckpt", "org/vae", "ae.ckpt"),
+             Download("fetch_eval_assets", f"{hub.url}/assets/graph.pb", "out/graph.pb"),
+             hub_file("fetch_released", "out/gone.pt", "org/sfd", "gone.pt")]
+    configured = {"hf://org/vae/ae.ckpt": 5, "hf://org/sfd/gone.pt": 7}
+    online = sized(files, configured, online=True)
+    assert [(size, origin) for _, size, origin in online] == [(len(PAYLOAD), "hub"), (1000, "server"), (7, "config")]
+    offline = sized(files, configured, online=False)
+    assert [(size, origin) for _, size, origin in offline] == [(5, "config"), (None, "unknown"), (7, "config")]
+    assert not hub.gets()  # sizes never download anything
+    text = report(offline)
+    assert "hf://org/vae/ae.ckpt -> out/ae.ckpt" in text and text.endswith("(+ 1 file(s) of unknown size: set download_sizes)")
+
+
+def test_fetched_encoder_file_loads_as_timm_loads_its_hub_weights(hub, tmp_path):
+    """rule fetch_encoder's command, then the compute side: tokens equal to timm's own pretrained load."""
+    timm = pytest.importorskip("timm")
+    import torch
+    from safetensors.torch import save_file
+
+    from sfd.semantic.encoder import load_encoder
+
+    section = {"timm_model": "vit_base_patch14_reg4_dinov2.lvd142m", "img_size": 56,
+               "timm_kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2},
+               "weights": {"repo_id": "timm/dinov2-tiny", "filename": "model.safetensors"}}
+    torch.manual_seed(0)
+    published = timm.create_model(section["timm_model"], pretrained=False, num_classes=0, **section["timm_kwargs"])
+    save_file(published.state_dict(), tmp_path / "published.safetensors")  # timm's Hub layout (518 px table)
+    hub.files["/timm/dinov2-tiny/resolve/main/model.safetensors"] = (tmp_path / "published.safetensors").read_bytes()
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({"name": "x", "semantic_encoder": section}))
+    out = tmp_path / "semantic" / "encoder.safetensors"
+    assert cli.main(["fetch-weights", "--config", str(config), "--key", "semantic_encoder.weights", "--out", str(out)]) == 0
+    from sfd.config import load_experiment
+
+    encoder = load_encoder(load_experiment(config)["semantic_encoder"], out)
+    reference = timm.create_model(section["timm_model"], pretrained=True, num_classes=0, img_size=56,
+                                  pretrained_cfg_overlay={"file": str(out)}, **section["timm_kwargs"]).eval()
+    for module in reference.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+    x = torch.rand(2, 3, 56, 56)
+    with torch.no_grad():
+        assert torch.equal(encoder.features(x), reference.forward_features(x)[:, reference.num_prefix_tokens:])

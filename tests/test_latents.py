@@ -21,6 +21,8 @@ from sfd.latents import (LatentDataset, compute_stats, denormalize_texture, flip
 from sfd.latents.stats import sample_rows
 from sfd.tokenizers import TextureVAE
 
+from engine_fixtures import hidden_files, plant_leftovers
+
 TOY_VAE = {"ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [], "z_channels": 4,
            "resolution": 32, "norm_groups": 8}
 
@@ -119,12 +121,17 @@ def test_killed_extraction_resumes_to_identical_bytes(toy_npz, tmp_path, monkeyp
     assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == ["shard-00000.safetensors", "shard-00001.safetensors"]
     with pytest.raises(FileNotFoundError, match="extraction has not finished"):
         read_index(tmp_path / "resumed")
+    # what a kill can also leave: a torn shard (a disk error) and the temporary files of a save
+    torn = tmp_path / "resumed" / "shard-00001.safetensors"
+    torn.write_bytes(torn.read_bytes()[:100])
+    plant_leftovers(tmp_path / "resumed", "shard-00002.safetensors")
     monkeypatch.setattr(extract, "extract_shard", real)
     done = []
     monkeypatch.setattr(extract, "extract_shard", lambda images, shard, *a, **k: done.append(shard) or real(images, shard, *a, **k))
     run(toy_npz, tmp_path / "resumed")
-    assert done == [2]  # only the unfinished shard was redone
+    assert done == [1, 2]  # only the unfinished and the torn shard were redone
     assert shard_bytes(tmp_path / "resumed") == shard_bytes(tmp_path / "ref")
+    assert hidden_files(tmp_path / "resumed") == []
     with pytest.raises(ValueError, match=r"shard-00000.safetensors: written with .*'seed': 5.*use another --out"):
         run(toy_npz, tmp_path / "resumed", seed=6)
     with pytest.raises(ValueError, match=r"'texture_vae': None.*'texture_vae': 'ab12'"):  # another model

@@ -385,3 +385,35 @@ def test_rmsnorm_computes_in_float32_then_scales():
     expected = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-6)).bfloat16() * norm.weight
     assert out.dtype == torch.float32  # bf16 result times the fp32 weight, as upstream
     assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"use_swiglu": False, "wo_shift": True}, {"semfirst_delta_t": 0.0},
+                                       {"use_checkpoint": True, "use_repa": False}, {"model_type": "LightningDiT-P/2"}])
+def test_flops_count_every_matmul(overrides):
+    """sfd.models.flops against torch's FlopCounterMode. Its CPU attention kernel is not counted,
+    so the two attention products (4 T^2 D per block) are added; a backward skips the grad of
+    inputs that need none (latents, timestep features), hence the small tolerance in training;
+    recomputation under gradient checkpointing is not model work and is not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sfd.config import validate
+    from sfd.models.flops import sample_flops_per_nfe, train_flops_per_image
+
+    cfg = validate({"model_type": "LightningDiT-P/1", "in_chans": 8, "semantic_chans": 4, "semfirst_delta_t": 0.3,
+                    "use_qknorm": True, "use_swiglu": True, "use_rope": True, "use_rmsnorm": True,
+                    "use_repa": True, "repa_out_dim": 24, "repa_hidden_dim": 32, **overrides}, "model")
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=10, input_size=8)
+    depth, width, _ = MODEL_SIZES["P"]
+    tokens = (8 // model.patch_size) ** 2
+    x, y = torch.randn(3, 8, 8, 8), torch.tensor([1, 2, 3])
+    t = (torch.rand(3), torch.rand(3)) if model.semantic_first else torch.rand(3)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(x, t, y)
+    attention = 4 * tokens * tokens * width * depth
+    assert sample_flops_per_nfe(cfg, 8) == counter.get_total_flops() // 3 + attention
+    model.use_checkpoint = False
+    with FlopCounterMode(display=False) as counter:
+        out = model.train()(x, t, y)
+        sum(o.sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
+    assert train_flops_per_image(cfg, 8) == pytest.approx(counter.get_total_flops() / 3 + 3 * attention, rel=0.02)

@@ -17,6 +17,8 @@ from sfd.semantic.encoder import IMAGENET_MEAN, IMAGENET_STD, build_encoder, fea
 from sfd.semantic.features import FeatureShards, extract
 from sfd.semantic.train_encoder import train
 
+from engine_fixtures import hidden_files, plant_leftovers
+
 TINY_DINO = {"timm_kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2}, "pretrained": False}
 TOY_VIT = {
     "timm_model": "vit_tiny_patch16_224", "pretrained": False, "img_size": 16, "feature_resize": 18,
@@ -215,10 +217,15 @@ def test_cli_train_then_extract_resumable(tmp_path, monkeypatch):
     # resume: a finished shard is kept, a missing one is rewritten, a stale one (other encoder) too
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
     (out / "shard-00001.safetensors").unlink()
+    torn = out / "shard-00002.safetensors"  # and what a kill can leave: a torn shard, temporary files
+    whole = torn.read_bytes()
+    torn.write_bytes(whole[:100])
+    plant_leftovers(out, "shard-00001.safetensors")
     extract(cfg, tmp_path / "train.npz", tmp_path / "encoder.pt", out, torch.device("cpu"), limit=20)
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
     assert after["shard-00000.safetensors"] == before["shard-00000.safetensors"]
     assert torch.equal(FeatureShards(out).batch([9])[0], tokens[1:2])
+    assert torn.read_bytes() == whole and hidden_files(out) == []
     other = load_encoder(cfg, tmp_path / "encoder.pt")
     with torch.no_grad():
         other.vit.head.weight.add_(1)
@@ -242,6 +249,8 @@ def test_extract_from_an_image_folder_in_imagefolder_order(tmp_path):
         (tmp_path / "val" / name).mkdir(parents=True)
         for i, (h, w) in enumerate(sizes):
             Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "val" / name / f"{i}.png")
+    (tmp_path / "val" / ".archives").mkdir()  # sfd fetch-imagenet's download folder: not a class
+    (tmp_path / "val" / ".archives" / "val_images.tar.gz").write_bytes(b"kept archive")
     cfg = section(**TOY_VIT)
     encoder = build_encoder(cfg)
     torch.save({"model": encoder.vit.state_dict()}, tmp_path / "enc.pt")

@@ -7,12 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from sfd.config import validate
 from sfd.semantic import load_semvae
 from sfd.semantic.semvae import SemanticVAE, SemVAEArch
 from sfd.semantic.train_semvae import build_scheduler, semvae_losses, token_cosine, train
+
+from engine_fixtures import hidden_files, plant_leftovers
 
 SMALL = SemVAEArch(input_dim=24, bottleneck_dim=4, arch="transformer", variational=True, hidden_dim=16,
                    transformer_heads=2, transformer_blocks=2)
@@ -68,10 +71,15 @@ def test_paper_architecture_parameter_count_and_keys():
     assert model.state_dict()["decoder.0.weight"].shape == (768, 16)
 
 
-def test_released_layout_checkpoint_loads(tmp_path):
+@pytest.mark.parametrize("config", ["yaml", "omegaconf"])
+def test_released_layout_checkpoint_loads(tmp_path, config):
+    """Loaded with weights_only=True; also when the config is pickled as an OmegaConf object."""
     torch.manual_seed(0)
     model = SemanticVAE(SMALL)
-    torch.save(released_checkpoint(model, blocks=2), tmp_path / "semantic_ae_final.pt")
+    ckpt = released_checkpoint(model, blocks=2)
+    if config == "omegaconf":
+        ckpt["config"] = OmegaConf.create(ckpt["config"])
+    torch.save(ckpt, tmp_path / "semantic_ae_final.pt")
     loaded = load_semvae(tmp_path / "semantic_ae_final.pt")
     assert loaded.arch == SMALL and not loaded.training
     tokens = torch.randn(3, 16, 24)
@@ -221,8 +229,12 @@ def test_training_learns_checkpoints_and_resumes_exactly(tmp_path):
     # resume: start a fresh run directory from the step-8 checkpoint of run_a
     (tmp_path / "run_c" / "checkpoints").mkdir(parents=True)
     shutil.copy(tmp_path / "run_a" / "checkpoints" / "0000008.pt", tmp_path / "run_c" / "checkpoints")
+    # and what a kill can leave: a torn newer checkpoint, temporary files of a save
+    (tmp_path / "run_c" / "checkpoints" / "0000009.pt").write_bytes(b"torn")
+    plant_leftovers(tmp_path / "run_c" / "checkpoints", "0000010.pt")
     resumed = train(exp, tmp_path / "feats", None, tmp_path / "c.pt", tmp_path / "run_c")
     assert resumed == first
+    assert hidden_files(tmp_path / "run_c") == []
     final_c = torch.load(tmp_path / "c.pt", weights_only=True)["model_state_dict"]
     assert all(torch.equal(final_c[k], v) for k, v in ckpt["model_state_dict"].items())
 

@@ -13,33 +13,9 @@ import sys
 import time
 
 import pytest
-import yaml
-from workflow_helpers import ROOT, run, tool_env, toy_workspace
+from workflow_helpers import ci_profile, run, slurm_is_up, tool_env, toy_workspace
 
 pytestmark = pytest.mark.slow
-
-
-def slurm_is_up() -> bool:
-    if shutil.which("sbatch") is None:
-        return False
-    return subprocess.run(["timeout", "5", "sinfo", "-h"], capture_output=True).returncode == 0
-
-
-def ci_profile(dest):
-    """profiles/slurm-gpu with the CI node's sizes, the toy experiment and CPU devices."""
-    profile = yaml.safe_load((ROOT / "profiles" / "slurm-gpu" / "config.v8+.yaml").read_text())
-    profile.update({"jobs": 2, "latency-wait": 5, "slurm-init-seconds-before-status-checks": 5,
-                    "config": ["experiment=config/toy.yaml", "device=cpu"]})
-    profile["default-resources"].update(mem_mb=1500, cpus_per_task=1)
-    for resources in profile["set-resources"].values():
-        resources.update(mem_mb=3000)
-        if "cpus_per_task" in resources:
-            resources["cpus_per_task"] = 1
-    # one thread per job as in the local run: CPU results are bitwise reproducible per thread count
-    profile["set-threads"] = {rule: 1 for rule in profile["set-threads"]}
-    dest.mkdir()
-    (dest / "config.v8+.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
-    return dest
 
 
 def squeue_jobs() -> dict[str, str]:

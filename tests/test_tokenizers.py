@@ -28,13 +28,21 @@ TOY = {"ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": 
 
 def released_layout_checkpoint(path, extra=None, drop=None):
     """An f16d32 state dict in the released file's layout, at 1 element of storage per tensor:
-    wrapped under `state_dict`, with a `loss.*` entry and Lightning-style siblings."""
+    wrapped under `state_dict`, with `loss.*` entries and the siblings a PyTorch Lightning 2.4
+    checkpoint of the VA-VAE trainer (vavae/main.py: ModelCheckpoint callback) writes."""
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in TextureVAE().state_dict().items()}
     state = {k: torch.full((), float(i)).expand(shape) for i, (k, shape) in enumerate(shapes.items()) if k != drop}
     state.update({"loss.logvar": torch.zeros(()), "loss.discriminator.main.0.weight": torch.zeros(4, 3, 4, 4)})
     state.update(extra or {})
-    torch.save({"state_dict": state, "epoch": 49, "global_step": 250200}, path)
+    checkpoint_callback = {"monitor": None, "best_model_score": None, "best_model_path": "", "current_score": None,
+                           "dirpath": "logs/ckpts", "best_k_models": {}, "kth_best_model_path": "",
+                           "kth_value": torch.tensor(float("inf")), "last_model_path": "logs/ckpts/last.ckpt"}
+    loops = {"fit_loop": {"state_dict": {}, "epoch_loop.state_dict": {"_batches_that_stepped": 250200},
+                          "epoch_progress": {"total": {"ready": 50, "completed": 49}, "current": {"ready": 50}}}}
+    torch.save({"state_dict": state, "epoch": 49, "global_step": 250200, "pytorch-lightning_version": "2.4.0",
+                "loops": loops, "callbacks": {"ModelCheckpoint{'monitor': None, 'mode': 'min'}": checkpoint_callback},
+                "optimizer_states": [], "lr_schedulers": []}, path)
     return shapes
 
 

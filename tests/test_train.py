@@ -15,7 +15,8 @@ import yaml
 from sfd.config import ConfigError, validate
 from sfd.train import EXIT_SUSPENDED, StepBatches, step_seeds, train
 
-from engine_fixtures import ENV, make_latents, one_thread, tiny_experiment  # noqa: F401
+from engine_fixtures import (ENV, hidden_files, make_latents, one_thread, plant_leftovers,  # noqa: F401
+                             tiny_experiment)
 
 STEPS = 24  # long enough that a killed subprocess is still running when the signal lands
 
@@ -92,6 +93,7 @@ def test_run_directory_layout(setup):
     records = [json.loads(line) for line in lines]
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
     assert all(r["loss"] > 0 and r["images_per_s"] > 0 and {"mse", "cos", "repa"} <= r.keys() for r in records)
+    assert all(r["data_wait_s"] >= 0 and "mfu" not in r for r in records)  # no bf16 peak for a CPU
     # EMA tracked the model, which moved away from its init
     assert not torch.equal(full["model"]["final_layer.linear.weight"], torch.zeros_like(full["model"]["final_layer.linear.weight"]))
     assert not torch.equal(full["ema"]["final_layer.linear.weight"], full["model"]["final_layer.linear.weight"])
@@ -137,9 +139,11 @@ def test_sigkill_and_resume_is_bit_exact(setup, tmp_path):
     # A torn newest checkpoint (not produced by sfd.io, but a disk can do it) is skipped.
     torn = run / "checkpoints" / f"{int(newest.stem) + 1:07d}.pt"
     torn.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    plant_leftovers(run / "checkpoints", f"{int(newest.stem) + 2:07d}.pt")  # killed inside a save
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"skipping {torn}" in done.stdout + done.stderr
+    assert hidden_files(run) == []  # temporary files swept, the (stale) lock removed
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, STEPS + 1))  # the killed run's lines past its checkpoint are gone
     _assert_same_state(run / "checkpoints" / f"{STEPS:07d}.pt", setup["reference"] / "checkpoints" / f"{STEPS:07d}.pt")

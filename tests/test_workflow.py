@@ -244,7 +244,7 @@ def test_sample_run_reads_the_run_and_rejects_other_checkpoints(tmp_path, monkey
     assert run("big_40_ag", exp.ema("big", 40), exp.ema("small", 5)) == 0
     (cfg, model, *_), kwargs = calls[0]
     assert model == "big" and kwargs["guidance"] == "autoguidance" and kwargs["cfg_scale"] == 1.5
-    assert kwargs["guide_model"] == "small" and kwargs["num_samples"] == 100 and not kwargs["allow_unsafe"]
+    assert kwargs["guide_model"] == "small" and kwargs["num_samples"] == 100
     assert cfg["sampling"]["method"] == MINI["sampling"]["method"]
     with pytest.raises(ConfigError, match="sampling.pack_seed: `sfd sample-run` reads this key without declaring"):
         cfg["sampling"]["pack_seed"]

@@ -22,6 +22,8 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from sfd.errors import InputError, MissingInputError
+
 log = logging.getLogger(__name__)
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
@@ -48,13 +50,13 @@ def scan_class_folder(root, num_classes: int | None = None) -> tuple[list[Path],
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: image folder not found")
+        raise MissingInputError(f"{root}: image folder not found")
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if num_classes is not None and len(classes) != num_classes:
-        raise ValueError(f"{root}: found {len(classes)} class folders, config says num_classes={num_classes}")
+        raise InputError(f"{root}: found {len(classes)} class folders, config says num_classes={num_classes}")
     if len(classes) == len(wnids()) and tuple(classes) != wnids():
         first = next(c for c, w in zip(classes, wnids()) if c != w)
-        raise ValueError(f"{root}: class folder {first!r} is not an ImageNet-1k wnid in the standard order")
+        raise InputError(f"{root}: class folder {first!r} is not an ImageNet-1k wnid in the standard order")
     files, labels = [], []
     for label, name in enumerate(classes):
         count = len(files)
@@ -64,7 +66,7 @@ def scan_class_folder(root, num_classes: int | None = None) -> tuple[list[Path],
                     files.append(Path(folder) / fname)
                     labels.append(label)
         if len(files) == count:
-            raise FileNotFoundError(f"{root / name}: class folder holds no image files")
+            raise InputError(f"{root / name}: class folder holds no image files")
     return files, labels, classes
 
 
@@ -79,7 +81,7 @@ def _unpack(archive: Path, dest: Path) -> int:
                 continue
             match = _MEMBER.match(Path(member.name).name)
             if match is None or match["wnid"] not in known:
-                raise ValueError(f"{archive}: member {member.name!r} is not named <image>_<wnid>.JPEG")
+                raise InputError(f"{archive}: member {member.name!r} is not named <image>_<wnid>.JPEG")
             target = Path(match["wnid"]) / f"{match['name']}.{match['ext']}"
             (staging / target.parent).mkdir(parents=True, exist_ok=True)
             with tar.extractfile(member) as src, open(staging / target, "wb") as dst:
@@ -101,7 +103,7 @@ def fetch_hf(hf_cfg: dict, split: str, dest) -> int:
     dest = Path(dest)
     archives = hf_cfg["files"].get(split) or []
     if not archives:
-        raise ValueError(f"data.hf.files.{split}: no archives configured")
+        raise InputError(f"data.hf.files.{split}: no archives configured")
     for filename in archives:
         marker = dest / f".done-{Path(filename).name}.json"
         if marker.is_file():
@@ -117,7 +119,7 @@ def fetch_hf(hf_cfg: dict, split: str, dest) -> int:
     files, _, _ = scan_class_folder(dest)
     expected = hf_cfg["expected_images"].get(split)
     if expected is not None and len(files) != expected:
-        raise ValueError(f"{dest}: {len(files)} images after unpacking, expected {expected} for {split}")
+        raise InputError(f"{dest}: {len(files)} images after unpacking, expected {expected} for {split}")
     return len(files)
 
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from sfd.data import imagenet, toy
-from sfd.errors import UserError
+from sfd.errors import InputError, UserError
 
 
 class BadImageError(UserError, OSError):
@@ -65,7 +65,7 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.path.suffix == ".npz":
             self.images, self.labels, self.class_names = toy.load_npz(self.path)
             if self.images.shape[1:3] != (image_size, image_size):
-                raise ValueError(
+                raise InputError(
                     f"{self.path}: images are {self.images.shape[1]}x{self.images.shape[2]}, "
                     f"config wants {image_size}x{image_size}"
                 )

@@ -13,9 +13,13 @@ depend on the split size; labels cycle through the classes (i mod K), so splits 
 
 import argparse
 import logging
+import zipfile
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+
+from sfd.errors import InputError, MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -150,19 +154,21 @@ def save_npz(path, images: np.ndarray, labels: np.ndarray, class_names) -> None:
 
 def load_npz(path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(images, labels, class_names) from a toy npz, checking keys, dtypes and shapes."""
+    if not Path(path).is_file():
+        raise MissingInputError(f"{path}: no such file")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-    except (OSError, EOFError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable npz: {err}") from err
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        raise InputError(f"{path}: not a readable npz (truncated?): {err}") from None
     missing = {"images", "labels", "class_names"} - set(arrays)
     if missing:
-        raise ValueError(f"{path}: missing key(s) {sorted(missing)}")
+        raise InputError(f"{path}: missing key(s) {sorted(missing)}")
     images, labels, names = arrays["images"], arrays["labels"], arrays["class_names"].tolist()
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"{path}: images must be uint8 [N,H,W,3], got {images.dtype} {list(images.shape)}")
+        raise InputError(f"{path}: images must be uint8 [N,H,W,3], got {images.dtype} {list(images.shape)}")
     if labels.shape != images.shape[:1]:
-        raise ValueError(f"{path}: labels shape {list(labels.shape)} does not match {len(images)} images")
+        raise InputError(f"{path}: labels shape {list(labels.shape)} does not match {len(images)} images")
     return images, labels.astype(np.int64), names
 
 

@@ -126,6 +126,20 @@ def read_labels(batch: ImageBatch, count: int, num_classes: int) -> np.ndarray:
     return labels
 
 
+def range_warning(batch: ImageBatch, probe: int = 256) -> str | None:
+    """Why the first `probe` images of `batch` look wrongly scaled (e.g. [0, 1] floats cast to
+    uint8, or blank images), or None. A heuristic: real photos and decent samples span far more."""
+    low, high = 255, 0
+    for images in iter_images(batch, probe, min(probe, batch.count)):
+        low, high = min(low, int(images.min())), max(high, int(images.max()))
+    first = f"{batch.path}: the first {min(probe, batch.count)} images"
+    if high <= 1:
+        return f"{first} only take values in [{low}, {high}]; were [0, 1] floats cast to uint8 unscaled?"
+    if low == high:
+        return f"{first} are all the constant {low}"
+    return None
+
+
 def read_statistics(batch: ImageBatch) -> tuple[GaussianStats, GaussianStats]:
     """The (pool, spatial) statistics stored in the npz (ADM reference batches carry them)."""
     with np.load(batch.path) as data:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
+from sfd.errors import InputError
 from sfd.latents.stats import load_stats, normalize
-from sfd.latents.store import FEATS, SEMANTIC, TEXTURE, read_index
+from sfd.latents.store import FEATS, SEMANTIC, TEXTURE, open_shard, read_index
 
 
 IN_MEMORY_BYTES = 4 << 30  # load every shard up front below this size (toy), else read rows lazily
@@ -47,7 +47,7 @@ class LatentDataset(torch.utils.data.Dataset):
         self._starts = np.cumsum([0] + counts)
         tex_channels = self.index["keys"][TEXTURE]["shape"][0]
         if tex_channels != self.stats.tex_channels:
-            raise ValueError(f"{self.directory}: latents have {tex_channels} texture channels, "
+            raise InputError(f"{self.directory}: latents have {tex_channels} texture channels, "
                              f"latents_stats.pt has {self.stats.tex_channels}")
         if in_memory is None:
             in_memory = self._bytes() <= IN_MEMORY_BYTES
@@ -69,7 +69,7 @@ class LatentDataset(torch.utils.data.Dataset):
     def _load_all(self) -> dict[str, torch.Tensor]:
         parts = {k: [] for k in self._keys()}
         for shard in filter(lambda s: s["count"], self.index["shards"]):  # skip shards emptied by bad images
-            with safe_open(str(self.directory / shard["file"]), framework="pt") as f:
+            with open_shard(self.directory / shard["file"]) as f:
                 for key in parts:
                     parts[key].append(f.get_tensor(key))
         return {k: torch.cat(v) for k, v in parts.items()}
@@ -85,7 +85,7 @@ class LatentDataset(torch.utils.data.Dataset):
             return self._memory[key][index]
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
         if shard not in self._handles:  # opened on first use, i.e. inside each DataLoader worker
-            self._handles[shard] = safe_open(str(self.directory / self.index["shards"][shard]["file"]), framework="pt")
+            self._handles[shard] = open_shard(self.directory / self.index["shards"][shard]["file"])
         row = index - int(self._starts[shard])
         return self._handles[shard].get_slice(key)[row : row + 1][0]
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from sfd import distributed as dist
 from sfd.data.images import BadImageError, ImageDataset, to_tensor
+from sfd.errors import InputError
 from sfd.io import sha256
 from sfd.latents.store import FEATS, FORMAT, SEMANTIC, TEXTURE, shard_metadata, shard_path, write_index, write_shard
 
@@ -125,14 +126,19 @@ def _identity(start: int, stop: int, seed: int, flip: bool, batch_size: int, pro
 
 
 def _is_done(out_dir: Path, shard: int, expected: dict) -> bool:
-    """Whether the shard exists; raises if it exists but was written by a different run."""
+    """Whether the shard exists; an unreadable one is redone (with a warning), one written by a
+    different run is an error."""
     path = shard_path(out_dir, shard)
     if not path.is_file():
         return False
-    meta = shard_metadata(path)
+    try:
+        meta = shard_metadata(path)
+    except InputError as err:
+        log.warning("redoing %s", err)
+        return False
     found = {k: meta.get(k) for k in expected}
     if meta.get("format") != FORMAT or found != expected:
-        raise ValueError(f"{path}: written with {found}, this run has {expected}; "
+        raise InputError(f"{path}: written with {found}, this run has {expected}; "
                          "use another --out or delete the directory to start over")
     return True
 
@@ -144,11 +150,19 @@ def extract_latents(images: ImageDataset, models: tuple, out_dir, *, shard_size:
 
     `models` is (texture_vae, semantic encoder, Semantic VAE), already on `device` and in eval
     mode. `provenance` (e.g. data path and model hashes) is recorded in every shard and checked
-    when resuming. Returns the index on rank 0, None elsewhere.
+    when resuming. Returns the index on rank 0, None elsewhere. One run per directory: rank 0
+    holds its lock (and sweeps the temporary files of killed runs) throughout.
     """
+    with dist.output_lock(out_dir):
+        return _extract_latents(images, models, Path(out_dir), shard_size=shard_size, batch_size=batch_size,
+                                seed=seed, flip=flip, on_bad_image=on_bad_image, device=device,
+                                num_workers=num_workers, provenance=provenance)
+
+
+def _extract_latents(images: ImageDataset, models: tuple, out_dir: Path, *, shard_size: int, batch_size: int,
+                     seed: int, flip: bool, on_bad_image: str, device, num_workers: int,
+                     provenance: dict | None) -> dict | None:
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     num_shards = -(-len(images) // shard_size)
     pending = []
     for k in range(num_shards):

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from tqdm import tqdm
 
+from sfd.errors import InputError, MissingInputError
 from sfd.io import torch_save
-from sfd.latents.store import SEMANTIC, TEXTURE, read_index
+from sfd.latents.store import SEMANTIC, TEXTURE, open_shard, read_index
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +46,21 @@ class LatentStats:
 
 def _read_stats(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path}: missing (compute it with `sfd latent-stats`, or fetch the released one with --released)"
         )
-    stats = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        stats = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise InputError(f"{path}: not a readable statistics file (truncated?): {type(err).__name__}; "
+                         "recompute it with `sfd latent-stats`") from None
     if not isinstance(stats, dict) or not {"mean", "std"} <= set(stats):
-        raise ValueError(f"{path}: expected a dict with 'mean' and 'std'")
+        raise InputError(f"{path}: expected a dict with 'mean' and 'std'")
     mean, std = stats["mean"].float(), stats["std"].float()
     if mean.ndim != 4 or mean.shape[0] != 1 or mean.shape[2:] != (1, 1) or std.shape != mean.shape:
-        raise ValueError(f"{path}: mean/std must be [1, C, 1, 1], got {list(mean.shape)} / {list(std.shape)}")
+        raise InputError(f"{path}: mean/std must be [1, C, 1, 1], got {list(mean.shape)} / {list(std.shape)}")
     if not bool((std > 0).all()):
-        raise ValueError(f"{path}: std has non-positive entries")
+        raise InputError(f"{path}: std has non-positive entries")
     return mean, std
 
 
@@ -105,7 +109,7 @@ def compute_stats(directory, samples: int, seed: int) -> LatentStats:
         local = rows[(rows >= starts[shard_no]) & (rows < starts[shard_no + 1])] - starts[shard_no]
         if not len(local):
             continue
-        with safe_open(str(directory / shard["file"]), framework="pt") as f:
+        with open_shard(directory / shard["file"]) as f:
             for key in picked:
                 sl = f.get_slice(key)
                 picked[key] += [sl[int(i) : int(i) + 1] for i in local]

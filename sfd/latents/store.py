@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from sfd.errors import InputError, MissingInputError
 from sfd.io import atomic_path, write_json
 
 INDEX = "index.json"
@@ -39,8 +40,19 @@ def write_shard(directory, shard: int, tensors: dict[str, torch.Tensor], metadat
     return path
 
 
+def open_shard(path):
+    """safe_open of one shard; a truncated or foreign file is an InputError naming it."""
+    try:
+        return safe_open(str(path), framework="pt")
+    except FileNotFoundError:
+        raise MissingInputError(f"{path}: missing shard (rerun `sfd extract-latents` to redo it)") from None
+    except Exception as err:
+        raise InputError(f"{path}: unreadable shard ({err}); rerun `sfd extract-latents` on its directory "
+                         "to redo it") from None
+
+
 def shard_metadata(path: Path) -> dict:
-    with safe_open(str(path), framework="pt") as f:
+    with open_shard(path) as f:
         meta = f.metadata() or {}
     return json.loads(meta[_META]) if _META in meta else {}
 
@@ -51,7 +63,7 @@ def write_index(directory, **extra) -> dict:
     shards, keys, skipped = [], {}, []
     for path in sorted(directory.glob("shard-*.safetensors")):
         meta = shard_metadata(path)
-        with safe_open(str(path), framework="pt") as f:
+        with open_shard(path) as f:
             count = f.get_slice("labels").get_shape()[0]
             if count and not keys:
                 keys = {k: {"dtype": str(f.get_slice(k).get_dtype()), "shape": f.get_slice(k).get_shape()[1:]}
@@ -59,7 +71,7 @@ def write_index(directory, **extra) -> dict:
         shards.append({"file": path.name, "count": count, "skipped": meta.get("skipped", [])})
         skipped += meta.get("skipped", [])
     if not shards:
-        raise FileNotFoundError(f"{directory}: no shard-*.safetensors to index")
+        raise MissingInputError(f"{directory}: no shard-*.safetensors to index")
     index = {"format": FORMAT, "num_items": sum(s["count"] for s in shards), "keys": keys,
              "num_skipped": len(skipped), "shards": shards, **extra}
     write_json(index, directory / INDEX)
@@ -70,13 +82,17 @@ def read_index(directory) -> dict:
     """The index of a finished latent directory, with a clear error when there is none."""
     path = Path(directory) / INDEX
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path}: missing; the latent extraction has not finished (rerun `sfd extract-latents` to resume)"
         )
-    index = json.loads(path.read_text())
-    if index.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {index.get('format')!r}, expected {FORMAT!r}")
+    try:
+        index = json.loads(path.read_text())
+    except ValueError as err:
+        raise InputError(f"{path}: not valid JSON ({err}); rerun `sfd extract-latents` to rewrite it") \
+            from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise InputError(f"{path}: format {index.get('format')!r}, expected {FORMAT!r}")
     for key in (TEXTURE, SEMANTIC, FEATS, "labels"):
         if key not in index["keys"]:
-            raise ValueError(f"{path}: shards have no {key!r} key")
+            raise InputError(f"{path}: shards have no {key!r} key")
     return index

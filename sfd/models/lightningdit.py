@@ -11,32 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from sfd.config import ConfigError, validate
-from sfd.models.sizes import MODEL_SIZES, parse_model_type
+from sfd.config import validate
+from sfd.models.sizes import MODEL_SIZES, parse_model_type, repa_out_dim
 from sfd.models.embeddings import (
     LabelEmbedder,
     TimestepEmbedder,
     VisionRope,
     sincos_pos_embed_2d,
 )
-
-
-# Token width of the encoders REPA aligns to (the projector's output width).
-REPA_DIMS = {
-    "dinov2_vits14": 384,
-    "dinov2_vits14_reg": 384,
-    "dinov2_vitb14": 768,
-    "dinov2_vitb14_reg": 768,
-    "dinov2_vitl14": 1024,
-    "dinov2_vitl14_reg": 1024,
-    "dinov2_vitg14": 1536,
-    "dinov2_vitg14_reg": 1536,
-    "mae_base": 768,
-    "mae_large": 1024,
-    "clip_vit_base_patch16": 768,
-    "clip_vit_large_patch14": 1024,
-    "siglip_base_patch16_224": 768,
-}
 
 
 class RMSNorm(nn.Module):
@@ -185,7 +167,8 @@ class LightningDiT(nn.Module):
 
     `forward` returns the velocity [N, C, H, W]; in training mode with REPA it returns
     (velocity, repa_tokens [N, T, repa_out_dim]), the projected output of block
-    `repa_feat_depth` (1-based) for the representation-alignment loss.
+    `repa_feat_depth` (1-based) for the representation-alignment loss. In eval mode the projector
+    does not run (the official model runs it and discards its output: -19 % per S/1 forward).
     """
 
     def __init__(
@@ -329,25 +312,12 @@ class LightningDiT(nn.Module):
                 x = checkpoint(block, x, c, self.feat_rope, use_reentrant=False)
             else:
                 x = block(x, c, self.feat_rope)
-            if self.use_repa and index + 1 == self.repa_feat_depth:
+            if self.use_repa and self.training and index + 1 == self.repa_feat_depth:
                 repa_tokens = self.repa_projector(x)
         velocity = self.unpatchify(self.final_layer(x, c))
         if self.use_repa and self.training:
             return velocity, repa_tokens
         return velocity
-
-
-def repa_out_dim(model_cfg: dict) -> int:
-    """Width of the REPA target tokens: `repa_out_dim` if given, else looked up by encoder name."""
-    if model_cfg["repa_out_dim"] is not None:
-        return model_cfg["repa_out_dim"]
-    name = model_cfg["repa_dino_version"]
-    if name not in REPA_DIMS:
-        raise ConfigError(
-            f"model.repa_dino_version: unknown encoder {name!r} (known: {', '.join(REPA_DIMS)}); "
-            "set model.repa_out_dim to its token width"
-        )
-    return REPA_DIMS[name]
 
 
 def build_model(model_cfg: dict, *, num_classes: int = 1000, input_size: int = 16) -> LightningDiT:

@@ -1,5 +1,7 @@
 """LightningDiT sizes as plain data: torch-free, so the workflow can rank jobs by model cost
-when the Snakefile is parsed without importing torch."""
+when the Snakefile is parsed without importing torch, and FLOPs can be counted (sfd.models.flops)."""
+
+from sfd.config import ConfigError
 
 # name -> (depth, hidden size D, heads). P, T, M are our toy sizes for the CPU pipeline.
 MODEL_SIZES = {
@@ -27,3 +29,34 @@ def step_cost(model_type: str) -> int:
     size, patch = parse_model_type(model_type)
     depth, width, _ = MODEL_SIZES[size]
     return depth * width * width // (patch * patch)
+
+
+# Token width of the encoders REPA aligns to (the projector's output width).
+REPA_DIMS = {
+    "dinov2_vits14": 384,
+    "dinov2_vits14_reg": 384,
+    "dinov2_vitb14": 768,
+    "dinov2_vitb14_reg": 768,
+    "dinov2_vitl14": 1024,
+    "dinov2_vitl14_reg": 1024,
+    "dinov2_vitg14": 1536,
+    "dinov2_vitg14_reg": 1536,
+    "mae_base": 768,
+    "mae_large": 1024,
+    "clip_vit_base_patch16": 768,
+    "clip_vit_large_patch14": 1024,
+    "siglip_base_patch16_224": 768,
+}
+
+
+def repa_out_dim(model_cfg: dict) -> int:
+    """Width of the REPA target tokens: `repa_out_dim` if given, else looked up by encoder name."""
+    if model_cfg["repa_out_dim"] is not None:
+        return model_cfg["repa_out_dim"]
+    name = model_cfg["repa_dino_version"]
+    if name not in REPA_DIMS:
+        raise ConfigError(
+            f"model.repa_dino_version: unknown encoder {name!r} (known: {', '.join(REPA_DIMS)}); "
+            "set model.repa_out_dim to its token width"
+        )
+    return REPA_DIMS[name]

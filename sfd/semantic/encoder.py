@@ -32,7 +32,8 @@ from torch import nn
 from torchvision import transforms
 
 from sfd.config import ConfigError
-from sfd.checkpoint import load_strict
+from sfd.checkpoint import CheckpointError, load_strict
+from sfd.errors import MissingInputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -105,10 +106,16 @@ def read_weights(path) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors, a bare .pt/.pth state dict, or our {'model': ...} checkpoint."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such encoder weights file")
-    if path.suffix == ".safetensors":
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise MissingInputError(f"{path}: no such encoder weights file")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable encoder weights file (truncated?): "
+                              f"{type(err).__name__}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a state dict (a {type(state).__name__})")
     return state.get("model", state)
 
 

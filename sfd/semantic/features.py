@@ -22,12 +22,13 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
+from sfd.data.imagenet import scan_class_folder
 from sfd.data.toy import load_npz
 from sfd.device import get_device
-from sfd.io import atomic_path, sha256, write_json
+from sfd.errors import InputError, MissingInputError
+from sfd.io import atomic_path, directory_lock, sha256, write_json
 from sfd.reads import view
 from sfd.semantic.encoder import feature_transform, load_encoder
 
@@ -40,28 +41,30 @@ ALSO_READS = ('device', 'semantic_encoder.num_workers')
 
 class RawImages(Dataset):
     """`(transform(raw PIL image), label)` from a toy `.npz` (`images` uint8 [N,H,W,3]) or an
-    ImageFolder tree `<class>/*.JPEG` (classes sorted by name = the standard ImageNet order)."""
+    ImageFolder tree `<class>/*.JPEG` (classes sorted by name = the standard ImageNet order; hidden
+    folders, such as the `.archives` of `sfd fetch-imagenet`, are not classes)."""
 
     def __init__(self, path, transform):
         self.path = Path(path)
         self.transform = transform
         if self.path.suffix == ".npz":
             self.images, self.labels, _ = load_npz(self.path)
-            self.folder = None
+            self.files = None
         elif self.path.is_dir():
-            self.folder = ImageFolder(str(self.path))
+            self.files, self.labels, _ = scan_class_folder(self.path)
         else:
-            raise FileNotFoundError(f"{self.path}: neither an .npz file nor an image folder")
+            raise MissingInputError(f"{self.path}: neither an .npz file nor an image folder")
 
     def __len__(self):
-        return len(self.folder) if self.folder is not None else len(self.labels)
+        return len(self.labels)
 
     def __getitem__(self, i):
-        if self.folder is not None:
-            image, label = self.folder[i]
+        if self.files is not None:
+            with open(self.files[i], "rb") as f:
+                image = Image.open(f).convert("RGB")  # as torchvision's ImageFolder loader
         else:
-            image, label = Image.fromarray(self.images[i]), int(self.labels[i])
-        return self.transform(image), label
+            image = Image.fromarray(self.images[i])
+        return self.transform(image), int(self.labels[i])
 
 
 class FeatureShards:
@@ -71,9 +74,13 @@ class FeatureShards:
         self.directory = Path(directory)
         index_path = self.directory / "index.json"
         if not index_path.is_file():
-            raise FileNotFoundError(f"{index_path}: no features index (run `sfd extract-features`)")
-        index = json.loads(index_path.read_text())
-        self.num_tokens, self.dim = index["num_tokens"], index["dim"]
+            raise MissingInputError(f"{index_path}: no features index (run `sfd extract-features`)")
+        try:
+            index = json.loads(index_path.read_text())
+            self.num_tokens, self.dim = index["num_tokens"], index["dim"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise InputError(f"{index_path}: not a features index ({type(err).__name__}: {err}); rerun "
+                             "`sfd extract-features`") from None
         self.files = [self.directory / s["file"] for s in index["shards"]]
         self.starts = np.cumsum([0] + [s["count"] for s in index["shards"]])
         self._handles = {}
@@ -83,7 +90,11 @@ class FeatureShards:
 
     def _open(self, shard: int):
         if shard not in self._handles:
-            self._handles[shard] = safe_open(str(self.files[shard]), framework="pt")
+            try:
+                self._handles[shard] = safe_open(str(self.files[shard]), framework="pt")
+            except Exception as err:
+                raise InputError(f"{self.files[shard]}: unreadable features shard ({err}); rerun "
+                                 "`sfd extract-features` on its directory to redo it") from None
         return self._handles[shard]
 
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,17 +118,28 @@ def _fingerprint(cfg: dict, encoder_path, data: RawImages, limit: int) -> str:
 
 
 def _shard_is_done(path: Path, fingerprint: str) -> bool:
+    """Whether `path` is a finished shard of this extraction; an unreadable one is redone."""
     if not path.is_file():
         return False
-    with safe_open(str(path), framework="pt") as f:
-        return (f.metadata() or {}).get("fingerprint") == fingerprint
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("fingerprint") == fingerprint
+    except Exception as err:
+        log.warning("redoing %s: unreadable shard (%s)", path, err)
+        return False
 
 
 def extract(cfg: dict, data_path, encoder_path, out_dir, device, limit=None, batch_size=64) -> dict:
-    """Write the feature shards and index of the first `limit` images of `data_path`."""
-    out_dir = Path(out_dir)
+    """Write the feature shards and index of the first `limit` images of `data_path`, holding the
+    lock of `out_dir` (and sweeping the temporary files of killed runs) throughout."""
     encoder = load_encoder(cfg, encoder_path).to(device)
     data = RawImages(data_path, feature_transform(cfg))
+    with directory_lock(out_dir):
+        return _extract(cfg, data, encoder, encoder_path, Path(out_dir), device, limit, batch_size)
+
+
+def _extract(cfg: dict, data: RawImages, encoder, encoder_path, out_dir: Path, device, limit,
+             batch_size: int) -> dict:
     count = len(data) if limit is None else min(limit, len(data))
     fingerprint = _fingerprint(cfg, encoder_path, data, count)
     size = cfg["shard_size"]
@@ -142,7 +164,7 @@ def extract(cfg: dict, data_path, encoder_path, out_dir, device, limit=None, bat
         log.info("wrote %s (%d images)", path, len(indices))
     bar.close()
     index = {"num_samples": count, "num_tokens": encoder.num_tokens, "dim": encoder.dim,
-             "dtype": "float16", "fingerprint": fingerprint, "data": str(data_path),
+             "dtype": "float16", "fingerprint": fingerprint, "data": str(data.path),
              "encoder": str(encoder_path) if encoder_path else f"hub:{cfg['timm_model']}",
              "preprocessing": f"Resize({cfg['feature_resize']}, bicubic) + CenterCrop({cfg['img_size']})"
                               " + ImageNet mean/std", "shards": shards}

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from sfd.checkpoint import load_strict
+from sfd.checkpoint import CheckpointError, load_strict, safe_load
+from sfd.errors import MissingInputError
 
 ARCHS = ("linear", "mlp", "resnet", "transformer")
 
@@ -186,16 +187,22 @@ def arch_from_checkpoint(ckpt: dict, source) -> SemVAEArch:
     """The architecture recorded in a checkpoint of the official training layout."""
     missing = [k for k in ("config", "input_dim", "model_state_dict") if k not in ckpt]
     if missing:
-        raise ValueError(f"{source}: not a Semantic VAE checkpoint, key '{missing[0]}' is missing")
-    config = yaml.safe_load(ckpt["config"])
+        raise CheckpointError(f"{source}: not a Semantic VAE checkpoint, key '{missing[0]}' is missing")
+    config = ckpt["config"]
+    if not isinstance(config, str):  # an OmegaConf object rather than the trainer's OmegaConf.to_yaml text
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.to_yaml(config)
+    config = yaml.safe_load(config)
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
-        raise ValueError(f"{source}: embedded config has no `model:` section")
+        raise CheckpointError(f"{source}: embedded config has no `model:` section")
     try:
         arch = SemVAEArch.from_official(_resolve(config["model"], config), int(ckpt["input_dim"]))
     except (KeyError, TypeError) as err:
-        raise ValueError(f"{source}: embedded config `model:` section: missing or bad key {err}") from None
+        raise CheckpointError(f"{source}: embedded config `model:` section: missing or bad key {err}") \
+            from None
     if arch.arch not in ARCHS:
-        raise ValueError(f"{source}: unknown arch {arch.arch!r} in the embedded config")
+        raise CheckpointError(f"{source}: unknown arch {arch.arch!r} in the embedded config")
     return arch
 
 
@@ -205,10 +212,10 @@ def load_semvae(path) -> SemanticVAE:
     ValueError naming the file and the first mismatching key."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such Semantic VAE checkpoint")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        raise MissingInputError(f"{path}: no such Semantic VAE checkpoint")
+    ckpt = safe_load(path)
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: not a Semantic VAE checkpoint (a {type(ckpt).__name__})")
+        raise CheckpointError(f"{path}: not a Semantic VAE checkpoint (a {type(ckpt).__name__})")
     model = SemanticVAE(arch_from_checkpoint(ckpt, path))
     load_strict(model, ckpt["model_state_dict"], path)
     return model.eval()

@@ -18,7 +18,6 @@ one: per-token cosine similarity (and MSE, L1, KL) of reconstructions of the fir
 `eval_samples` items of the eval features, averaged over eval batches.
 """
 
-import json
 import logging
 import math
 import time
@@ -32,7 +31,7 @@ from tqdm import tqdm
 
 from sfd.config import ConfigError
 from sfd.device import autocast, get_device
-from sfd.io import torch_save, write_json
+from sfd.io import append_jsonl, directory_lock, require_writable, sweep_temps, torch_save, write_json
 from sfd.reads import view
 from sfd.semantic.features import FeatureShards
 from sfd.semantic.semvae import SemanticVAE, SemVAEArch
@@ -130,10 +129,16 @@ def checkpoint(model, opt, sched, iteration: int, averages: dict, section: dict)
     }
 
 
-def latest_checkpoint(directory: Path) -> Path | None:
-    """The checkpoint with the highest step in its name (not the largest file, unlike the official)."""
-    found = sorted(directory.glob("[0-9]" * 7 + ".pt"))
-    return found[-1] if found else None
+def latest_checkpoint(directory: Path, device) -> tuple[Path, dict] | None:
+    """The readable checkpoint with the highest step in its name (not the largest file, unlike the
+    official), loaded; an unreadable one (torn by a crash outside sfd.io) is reported and skipped."""
+    for path in sorted(directory.glob("[0-9]" * 7 + ".pt"), reverse=True):
+        try:
+            return path, torch.load(path, map_location=device, weights_only=True)
+        except Exception as err:
+            log.warning("skipping unreadable checkpoint %s (%s); its steps are redone", path,
+                        type(err).__name__)
+    return None
 
 
 def eval_split(data: FeatureShards, eval_features, t: dict) -> tuple[FeatureShards, np.ndarray, int]:
@@ -159,22 +164,29 @@ def save_checkpoint(state: dict, ckpt_dir: Path) -> None:
 
 
 def train(exp: dict, features, eval_features, out, run_dir) -> dict:
-    """Train (or resume) and write the final checkpoint to `out`; returns the final eval metrics."""
+    """Train (or resume) and write the final checkpoint to `out`; returns the final eval metrics.
+    One run per run directory: it holds the directory's lock throughout."""
+    data = FeatureShards(features)
+    eval_data, eval_indices, train_items = eval_split(data, eval_features, exp["semvae"]["train"])
+    require_writable(out)
+    with directory_lock(run_dir, sweep=(".", "checkpoints")):
+        sweep_temps(Path(out).parent, Path(out).name)
+        return _train(exp, data, eval_data, eval_indices, train_items, Path(out), Path(run_dir))
+
+
+def _train(exp: dict, data: FeatureShards, eval_data: FeatureShards, eval_indices, train_items: int,
+           out: Path, run_dir: Path) -> dict:
     section, t, seed = exp["semvae"], exp["semvae"]["train"], exp["seed"]
     device = get_device(exp["device"])
-    data = FeatureShards(features)
-    eval_data, eval_indices, train_items = eval_split(data, eval_features, t)
-    run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    run_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(seed)
     model = SemanticVAE(SemVAEArch.from_section(section, input_dim=data.dim)).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
     sched = build_scheduler(opt, t)
     averages, start = {}, 0
-    if (latest := latest_checkpoint(ckpt_dir)) is not None:
-        state = torch.load(latest, map_location=device, weights_only=True)
+    if (found := latest_checkpoint(ckpt_dir, device)) is not None:
+        latest, state = found
         model.load_state_dict(state["model_state_dict"])
         opt.load_state_dict(state["optimizer_state_dict"])
         sched.load_state_dict(state["scheduler_state_dict"])
@@ -188,8 +200,7 @@ def train(exp: dict, features, eval_features, out, run_dir) -> dict:
                            t["mixed_precision"], derive_seed(seed, 3))
         log.info("eval @ %d: per-token cosine %.4f  mse %.5f  l1 %.5f  kl %.2f",
                  step, metrics["cosine"], metrics["mse"], metrics["l1"], metrics["kl"])
-        with open(run_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, "eval": metrics}) + "\n")
+        append_jsonl({"step": step, "eval": metrics}, run_dir / "log.jsonl")
         return metrics
 
     order = EpochOrder(train_items, t["batch_size"], seed)
@@ -209,8 +220,7 @@ def train(exp: dict, features, eval_features, out, run_dir) -> dict:
             averages[key] = value if key not in averages else LOSS_MOMENTUM * averages[key] + (1 - LOSS_MOMENTUM) * value
         done = step + 1
         if done % t["log_every"] == 0 or done == t["iterations"]:
-            with open(run_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps({"step": done, "lr": opt.param_groups[0]["lr"], **averages}) + "\n")
+            append_jsonl({"step": done, "lr": opt.param_groups[0]["lr"], **averages}, run_dir / "log.jsonl")
         if done % t["eval_every"] == 0 and done < t["iterations"]:
             run_eval(done)
         if done % t["save_every"] == 0 and done < t["iterations"]:

@@ -7,8 +7,6 @@ Arithmetic mirrors the reference forward (swish as x*sigmoid(x), attention as tw
 outputs match it number for number and not just up to rounding.
 """
 
-import logging
-import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sfd.checkpoint import CheckpointError, first_mismatch
+from sfd.checkpoint import CheckpointError, first_mismatch, safe_load
+from sfd.errors import MissingInputError
 
-log = logging.getLogger(__name__)
 
 LOGVAR_RANGE = (-30.0, 20.0)
 
@@ -281,17 +279,6 @@ def save_texture_vae(model: TextureVAE, path, **extra) -> None:
     torch_save({"arch": asdict(model.arch), "state_dict": model.state_dict(), **extra}, path)
 
 
-def _torch_load(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Lightning checkpoints can carry non-tensor objects; the file is one we pinned by repo/sha.
-        log.warning("%s: not loadable with weights_only=True; loading the full pickle", path)
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"{path}: not a readable torch checkpoint (truncated?): {err}") from err
-
-
 def load_texture_vae(path, arch: AEArch | dict | None = None) -> TextureVAE:
     """Load our checkpoint or the released LDM one (raw or under `state_dict`, `loss.*` dropped).
 
@@ -301,10 +288,10 @@ def load_texture_vae(path, arch: AEArch | dict | None = None) -> TextureVAE:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: texture VAE checkpoint not found")
-    ckpt = _torch_load(path)
+        raise MissingInputError(f"{path}: texture VAE checkpoint not found")
+    ckpt = safe_load(path)
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(ckpt).__name__}")
+        raise CheckpointError(f"{path}: expected a state dict, got {type(ckpt).__name__}")
     state = ckpt.get("state_dict", ckpt)
     state = {k: v.float() for k, v in state.items() if not k.startswith("loss.")}
     arch = AEArch.from_dict(arch if arch is not None else ckpt.get("arch"))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import trange
 
+from sfd.config import ConfigError
 from sfd.data.images import to_tensor
 from sfd.tokenizers.texture_vae import AEArch, TextureVAE, kl_divergence, save_texture_vae
 
@@ -48,7 +49,8 @@ def train_texture_vae(images: np.ndarray, arch: dict, train: dict, seed: int) ->
     """Train on `images` (uint8 [N, H, W, 3]) minus a seeded hold-out; returns (model, metrics)."""
     holdout = train["holdout"]
     if holdout >= len(images):
-        raise ValueError(f"texture_vae.train.holdout={holdout} leaves no training images out of {len(images)}")
+        raise ConfigError(f"texture_vae.train.holdout={holdout} leaves no training images out of "
+                          f"{len(images)}")
     order = np.random.default_rng(seed).permutation(len(images))
     held, x_train = images[order[:holdout]], images_to_tensor(images[order[holdout:]])
     with torch.random.fork_rng(devices=[]):
@@ -90,12 +92,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args) -> int:
     from sfd.data.toy import load_npz
-    from sfd.io import write_json
+    from sfd.io import require_writable, write_json
     from sfd.reads import view
 
     cfg = view(args.config, __name__)
     section = cfg["texture_vae"]
     images, _, _ = load_npz(args.data)
+    for path in filter(None, (args.out, args.metrics)):
+        require_writable(path)
     log.info("training texture VAE %s on %d images from %s", section["arch"], len(images), args.data)
     model, metrics = train_texture_vae(images, section["arch"], section["train"], cfg["seed"])
     save_texture_vae(model, args.out, metrics=metrics, train=section["train"], seed=cfg["seed"])

@@ -34,9 +34,9 @@ HEADER = (
 )
 
 
-def snakemake_jobs(experiment: str, root: Path, targets: tuple[str, ...] = ()) -> list:
-    """Every job of the workflow's default target and `targets` for `experiment`, as Snakemake Job
-    objects."""
+def snakemake_jobs(experiment: str, root: Path, targets=(), config: dict | None = None) -> list:
+    """Every job that `targets` (default: the workflow's default target) need for `experiment`
+    from scratch, as Snakemake Job objects; `config` adds Snakemake config keys (a profile's)."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
 
@@ -44,20 +44,15 @@ def snakemake_jobs(experiment: str, root: Path, targets: tuple[str, ...] = ()) -
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         workflow_api = api.workflow(
             resource_settings=ResourceSettings(cores=1),
-            config_settings=ConfigSettings(config={"experiment": experiment}),
+            config_settings=ConfigSettings(config={**(config or {}), "experiment": experiment}),
             snakefile=root / "Snakefile",
             workdir=root,
         )
-        workflow_api.dag(DAGSettings(forceall=True, targets={"all", *targets}))
+        workflow_api.dag(DAGSettings(targets=frozenset(targets), forceall=True))
         workflow = workflow_api._workflow  # Snakemake offers no public handle on the job objects
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True, nolock=True)
         workflow._build_dag()
         return [job for job in workflow.dag.jobs if job.shellcmd]
-
-
-def extra_targets(cfg: dict) -> tuple[str, ...]:
-    """Targets beside the default one that dvc.yaml covers: the replication, when configured."""
-    return ("replication",) if cfg["replication"]["conditions"] else ()
 
 
 def stage_name(job) -> str:
@@ -96,7 +91,7 @@ def generate(root: Path, params_file: str = "params.yaml") -> str:
         raise ConfigError(f"{params_file}: experiment: the experiment YAML to track (e.g. config/toy.yaml)")
     raw = load_yaml(Path(root) / experiment)
     cfg = load_experiment(Path(root) / experiment)
-    jobs = sorted(snakemake_jobs(experiment, root, extra_targets(cfg)), key=stage_name)
+    jobs = sorted(snakemake_jobs(experiment, root), key=stage_name)
     stages = {stage_name(job): stage(job, experiment, raw, cfg) for job in jobs}
     body = yaml.safe_dump({"stages": stages}, sort_keys=False, width=1000, default_flow_style=False)
     return HEADER.format(experiment=experiment) + body

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 from sfd.config import ConfigError
-from sfd.io import write_json
+from sfd.io import LOCK_NAME, directory_lock, write_json
 
 log = logging.getLogger("sfd.launch")
 
@@ -56,10 +56,11 @@ def prepare_state(state: Path, digest: str) -> bool:
             previous = None
         if previous == digest:
             return True
-        if any(p.is_file() for p in state.rglob("*")):  # not just the output folders Snakemake made
-            log.info("%s holds results of another configuration or input (%s): removing it",
-                     state, "no stamp" if previous is None else previous[:12])
-        shutil.rmtree(state)
+        with directory_lock(state, sweep=()):  # never wipe the directory of a running command
+            if any(p.is_file() and p.name != LOCK_NAME for p in state.rglob("*")):  # not just empty dirs
+                log.info("%s holds results of another configuration or input (%s): removing it",
+                         state, "no stamp" if previous is None else previous[:12])
+            shutil.rmtree(state)
     state.mkdir(parents=True)
     write_json({"fingerprint": digest}, stamp)
     return False

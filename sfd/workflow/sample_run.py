@@ -17,9 +17,9 @@ READS = (
     "data.num_classes", "latents.multiplier", "runs.{run}", "models.{model}.model", "models.{guide}.model",
     "sampling.method", "sampling.num_steps", "sampling.atol", "sampling.rtol", "sampling.timestep_shift",
     "sampling.batch_size", "sampling.shard_size", "sampling.seed", "sampling.cfg_interval_start",
-    "sampling.num_samples",
+    "sampling.num_samples", "sampling.tf32", "texture_vae.pretrained", "texture_vae.arch",
 )
-ALSO_READS = ("device", "name")
+ALSO_READS = ("device", "name", "sampling.compile")
 
 
 def check_checkpoints(exp: Experiment, run: str, ckpt: Path, guide_ckpt: Path | None) -> None:
@@ -57,6 +57,5 @@ def main(args) -> int:
         exp.cfg, spec["model"], args.ckpt, args.latents, args.texture_vae, args.out,
         guidance=guidance["kind"], cfg_scale=guidance["scale"], guide_model=guidance["model"] if ag else None,
         guide_ckpt=args.guide_ckpt if ag else None, num_samples=exp.num_samples(args.run), seed=spec.get("seed"),
-        # the authors' files from the trusted SFD-Project repository
-        allow_unsafe=spec["source"] == "released", source=exp.path,
+        source=exp.path,
     )

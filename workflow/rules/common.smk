@@ -29,7 +29,13 @@ wildcard_constraints:
 
 DATA = EXP.cfg["data"]
 TEXTURE_VAE = f"{E}/tokenizer/texture_vae.pt"
-ENCODER = None if EXP.cfg["semantic_encoder"]["pretrained"] else f"{E}/semantic/encoder.pt"
+ENCODER_WEIGHTS = EXP.cfg["semantic_encoder"]["weights"] if EXP.cfg["semantic_encoder"]["pretrained"] else None
+if EXP.cfg["semantic_encoder"]["pretrained"] and ENCODER_WEIGHTS is None:
+    raise matrix.ConfigError(f"{EXP.path}: semantic_encoder.weights: null, but pretrained is true; name the Hub file")
+ENCODER = (
+    f"{E}/semantic/encoder{os.path.splitext(ENCODER_WEIGHTS['filename'])[1]}" if ENCODER_WEIGHTS
+    else f"{E}/semantic/encoder.pt"
+)
 FEATURES = f"{E}/semantic/features/index.json"
 SEMVAE = f"{E}/semantic/semvae.pt"
 LATENTS = f"{E}/latents/index.json"
@@ -148,8 +154,8 @@ def option(flag, name):
 
 
 def encoder_input():
-    """The encoder weights trained here; a pretrained encoder comes from timm's Hub cache."""
-    return {"encoder": ENCODER} if ENCODER else {}
+    """The encoder weights: trained here, or fetched on the login node (compute jobs stay offline)."""
+    return {"encoder": ENCODER}
 
 
 def train_inputs(wildcards):

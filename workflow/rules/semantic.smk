@@ -1,7 +1,33 @@
 # Semantic side: the encoder (trained here for the toy; DINOv2 Hub weights for the paper), its
-# tokens of the training images, and the Semantic VAE trained on them.
+# tokens of the training images, and the Semantic VAE trained on them. The download is a local
+# rule: compute nodes of a cluster often have no internet access.
 
-if ENCODER:
+if ENCODER_WEIGHTS:
+
+    localrules:
+        fetch_encoder,
+
+    rule fetch_encoder:
+        """DINOv2-B/14-reg weights as timm publishes them on the Hub (docs/method.md §1.2).
+        `sfd fetch-weights` (sfd/hub.py)."""
+        output:
+            ENCODER,
+        params:
+            **reads("fetch-weights", key="semantic_encoder.weights"),
+        conda:
+            "../envs/sfd.yaml"
+        log:
+            logfile("fetch_encoder"),
+        benchmark:
+            benchfile("fetch_encoder")
+        resources:
+            mem_mb=1000,
+            runtime=60,
+        shell:
+            "sfd fetch-weights --config {params.experiment} --key semantic_encoder.weights --out {output}"
+            " > {log} 2>&1"
+
+else:
 
     rule train_semantic_encoder:
         """The toy ViT, trained as a classifier of the toy labels; its tokens are the semantics.
