@@ -22,15 +22,14 @@ include: "workflow/rules/common.smk"
 
 
 report: "workflow/report/workflow.rst"
-
-
+# fmt: off
+# (snakefmt 2.1 moves default_target above the docstring, then cannot parse its own output)
 rule all:
     """Every table and figure of the experiment, and the sample grids behind them."""
     input:
         all_targets,
     default_target: True
-
-
+# fmt: on
 include: "workflow/rules/data.smk"
 include: "workflow/rules/semantic.smk"
 include: "workflow/rules/latents.smk"

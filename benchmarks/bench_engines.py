@@ -77,23 +77,73 @@ def run(cmd: list[str], threads: int, log: Path) -> None:
 def launcher(nproc: int) -> list[str]:
     if nproc == 1:
         return [sys.executable, "-m", "sfd"]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "sfd"]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "sfd",
+    ]
 
 
-def train_throughput(work: Path, cfg_path: Path, model: str, latents: Path, nproc: int, threads: int,
-                     warmup: int) -> tuple[float, Path]:
+def train_throughput(
+    work: Path, cfg_path: Path, model: str, latents: Path, nproc: int, threads: int, warmup: int
+) -> tuple[float, Path]:
     run_dir = work / f"train-{nproc}"
-    run([*launcher(nproc), "train", "--config", str(cfg_path), "--model", model, "--latents", str(latents),
-         "--run-dir", str(run_dir)], threads, work / f"train-{nproc}.log")
+    run(
+        [
+            *launcher(nproc),
+            "train",
+            "--config",
+            str(cfg_path),
+            "--model",
+            model,
+            "--latents",
+            str(latents),
+            "--run-dir",
+            str(run_dir),
+        ],
+        threads,
+        work / f"train-{nproc}.log",
+    )
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     return statistics.median(r["images_per_s"] for r in records[warmup:]), run_dir
 
 
-def sample_throughput(work: Path, cfg_path: Path, model: str, ckpt: Path, latents: Path, vae: Path,
-                      nproc: int, threads: int, num: int) -> float:
+def sample_throughput(
+    work: Path,
+    cfg_path: Path,
+    model: str,
+    ckpt: Path,
+    latents: Path,
+    vae: Path,
+    nproc: int,
+    threads: int,
+    num: int,
+) -> float:
     log = work / f"sample-{nproc}.log"
-    run([*launcher(nproc), "sample", "--config", str(cfg_path), "--model", model, "--ckpt", str(ckpt),
-         "--latents", str(latents), "--texture-vae", str(vae), "--out", str(work / f"samples-{nproc}")], threads, log)
+    run(
+        [
+            *launcher(nproc),
+            "sample",
+            "--config",
+            str(cfg_path),
+            "--model",
+            model,
+            "--ckpt",
+            str(ckpt),
+            "--latents",
+            str(latents),
+            "--texture-vae",
+            str(vae),
+            "--out",
+            str(work / f"samples-{nproc}"),
+        ],
+        threads,
+        log,
+    )
     per_rank = {}
     for rank, seconds in re.findall(r"rank (\d+): shard \d+ \[\d+, \d+\) in ([\d.]+)s", log.read_text()):
         per_rank[rank] = per_rank.get(rank, 0.0) + float(seconds)
@@ -110,8 +160,13 @@ def bench_case(name: str, work: Path, steps: int | None, threads: int, warmup: i
     train.update(budgets=[steps], keep_steps=[], ckpt_every=10**9, log_every=1, num_workers=0)
     if batch is not None:
         train["global_batch_size"] = batch
-    raw["sampling"] = {**raw.get("sampling", {}), **(sampler or {}), "num_samples": num,
-                       "batch_size": sample_batch, "shard_size": sample_batch}
+    raw["sampling"] = {
+        **raw.get("sampling", {}),
+        **(sampler or {}),
+        "num_samples": num,
+        "batch_size": sample_batch,
+        "shard_size": sample_batch,
+    }
     cfg_path = work / "exp.yaml"
     cfg_path.write_text(yaml.safe_dump(raw))
     latents = work / "latents"
@@ -120,14 +175,22 @@ def bench_case(name: str, work: Path, steps: int | None, threads: int, warmup: i
     torch.manual_seed(0)
     save_texture_vae(TextureVAE(cfg["texture_vae"]["arch"]), vae)
 
-    result = {"case": name, "model": cfg["models"][model]["model"]["model_type"], "steps": steps,
-              "global_batch": batch or cfg["models"][model]["train"]["global_batch_size"]}
+    result = {
+        "case": name,
+        "model": cfg["models"][model]["model"]["model_type"],
+        "steps": steps,
+        "global_batch": batch or cfg["models"][model]["train"]["global_batch_size"],
+    }
     for nproc in (1, 2):
         per_rank = max(threads // nproc, 1)
-        result[f"train_{nproc}p"], run_dir = train_throughput(work, cfg_path, model, latents, nproc, per_rank, warmup)
+        result[f"train_{nproc}p"], run_dir = train_throughput(
+            work, cfg_path, model, latents, nproc, per_rank, warmup
+        )
         if nproc == 1:
             ckpt = run_dir / "ema" / f"{steps:07d}.pt"
-        result[f"sample_{nproc}p"] = sample_throughput(work, cfg_path, model, ckpt, latents, vae, nproc, per_rank, num)
+        result[f"sample_{nproc}p"] = sample_throughput(
+            work, cfg_path, model, ckpt, latents, vae, nproc, per_rank, num
+        )
     result["train_ratio"] = result["train_2p"] / result["train_1p"]
     result["sample_ratio"] = result["sample_2p"] / result["sample_1p"]
     return result
@@ -149,12 +212,21 @@ def main() -> None:
             work = (args.workdir or Path(tmp)) / case
             work.mkdir(parents=True, exist_ok=True)
             rows.append(bench_case(case, work, args.steps, args.threads, args.warmup))
-    print(f"\nCPU, {args.threads} threads in total; load average {os.getloadavg()[0]:.1f}; {time.time() - start:.0f}s")
-    print(f"{'case':5} {'model':18} {'batch':>5} | {'train img/s 1p':>14} {'2p':>8} {'2p/1p':>6} | "
-          f"{'sample img/s 1p':>15} {'2p':>8} {'2p/1p':>6}")
+    print(
+        f"\nCPU, {args.threads} threads in total; load average {os.getloadavg()[0]:.1f}; "
+        f"{time.time() - start:.0f}s"
+    )
+    print(
+        f"{'case':5} {'model':18} {'batch':>5} | {'train img/s 1p':>14} {'2p':>8} {'2p/1p':>6} | "
+        f"{'sample img/s 1p':>15} {'2p':>8} {'2p/1p':>6}"
+    )
     for r in rows:
-        print(f"{r['case']:5} {r['model']:18} {r['global_batch']:>5} | {r['train_1p']:>14.2f} {r['train_2p']:>8.2f} "
-              f"{r['train_ratio']:>6.2f} | {r['sample_1p']:>15.3f} {r['sample_2p']:>8.3f} {r['sample_ratio']:>6.2f}")
+        print(
+            f"{r['case']:5} {r['model']:18} {r['global_batch']:>5} | "
+            f"{r['train_1p']:>14.2f} {r['train_2p']:>8.2f} "
+            f"{r['train_ratio']:>6.2f} | {r['sample_1p']:>15.3f} {r['sample_2p']:>8.3f} "
+            f"{r['sample_ratio']:>6.2f}"
+        )
 
 
 if __name__ == "__main__":

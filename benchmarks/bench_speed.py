@@ -41,16 +41,34 @@ from sfd.models.flops import sample_flops_per_nfe, train_flops_per_image
 from sfd.train import make_optimizer, train_step
 
 DELTA_T, SEMANTIC_CHANS, IN_CHANS, GRID = 0.3, 16, 48, 16
-TRAIN = {"lr": 1e-4, "beta2": 0.999, "weight_decay": 0.0, "ema_decay": 0.9999, "use_lognorm": True,
-         "use_cosine_loss": True, "mixed_precision": "bf16"}
+TRAIN = {
+    "lr": 1e-4,
+    "beta2": 0.999,
+    "weight_decay": 0.0,
+    "ema_decay": 0.9999,
+    "use_lognorm": True,
+    "use_cosine_loss": True,
+    "mixed_precision": "bf16",
+}
 
 
 def model_config(size: str) -> dict:
-    return validate(dict(
-        model_type=f"LightningDiT-{size}/1", in_chans=IN_CHANS, semantic_chans=SEMANTIC_CHANS,
-        semfirst_delta_t=DELTA_T, semantic_weight=2.0, use_qknorm=True, use_swiglu=True,
-        use_rope=True, use_rmsnorm=True, use_repa=True,
-    ), "model", source="bench")
+    return validate(
+        dict(
+            model_type=f"LightningDiT-{size}/1",
+            in_chans=IN_CHANS,
+            semantic_chans=SEMANTIC_CHANS,
+            semfirst_delta_t=DELTA_T,
+            semantic_weight=2.0,
+            use_qknorm=True,
+            use_swiglu=True,
+            use_rope=True,
+            use_rmsnorm=True,
+            use_repa=True,
+        ),
+        "model",
+        source="bench",
+    )
 
 
 def batch_of(mcfg: dict, batch: int, device) -> tuple:
@@ -86,20 +104,43 @@ class TrainVariant:
             self.opt = make_optimizer(self.model, TRAIN, device)
         else:
             self.net = torch.compile(self.model)
-            self.opt = torch.optim.AdamW(self.model.parameters(), lr=TRAIN["lr"], betas=(0.9, TRAIN["beta2"]),
-                                         weight_decay=TRAIN["weight_decay"])
+            self.opt = torch.optim.AdamW(
+                self.model.parameters(),
+                lr=TRAIN["lr"],
+                betas=(0.9, TRAIN["beta2"]),
+                weight_decay=TRAIN["weight_decay"],
+            )
 
     def step(self) -> None:
         if self.kind == "ours":
-            train_step(self.net, self.model, self.ema, self.opt, self.batch, seed=0, rank=0,
-                       step=self.step_index, device=self.device, mcfg=self.mcfg, tcfg=TRAIN)
+            train_step(
+                self.net,
+                self.model,
+                self.ema,
+                self.opt,
+                self.batch,
+                seed=0,
+                rank=0,
+                step=self.step_index,
+                device=self.device,
+                mcfg=self.mcfg,
+                tcfg=TRAIN,
+            )
         else:
             x1, y, feats = self.batch
             gen = torch.Generator(self.device).manual_seed(self.step_index)
             noise = torch.randn(x1.shape, generator=gen, device=self.device)
-            losses = training_losses(self.net, x1, y, delta_t=DELTA_T, semantic_chans=SEMANTIC_CHANS,
-                                     semantic_weight=2.0, repa_target=feats,
-                                     t=sample_logit_normal(len(x1), gen), noise=noise)
+            losses = training_losses(
+                self.net,
+                x1,
+                y,
+                delta_t=DELTA_T,
+                semantic_chans=SEMANTIC_CHANS,
+                semantic_weight=2.0,
+                repa_target=feats,
+                t=sample_logit_normal(len(x1), gen),
+                noise=noise,
+            )
             self.opt.zero_grad(set_to_none=True)
             losses["total"].backward()
             self.opt.step()
@@ -156,9 +197,11 @@ def interleaved(fns: dict, rounds: int, reps: int) -> dict:
 def ratio_line(what: str, ours: list, official: list) -> str:
     """Median [min..max] of the per-round ratios, and the ratio of the best times (least load)."""
     ratios = [a / b for a, b in zip(ours, official)]
-    return (f"{what}: ours {statistics.median(ours):.4f} s, official {statistics.median(official):.4f} s, "
-            f"ours/official {statistics.median(ratios):.3f} [{min(ratios):.3f}..{max(ratios):.3f}], "
-            f"best-of {min(ours) / min(official):.3f}")
+    return (
+        f"{what}: ours {statistics.median(ours):.4f} s, official {statistics.median(official):.4f} s, "
+        f"ours/official {statistics.median(ratios):.3f} [{min(ratios):.3f}..{max(ratios):.3f}], "
+        f"best-of {min(ours) / min(official):.3f}"
+    )
 
 
 def utilisation(images: int, seconds: float, flops_per_image: int, device) -> str:
@@ -211,8 +254,18 @@ def child_memory(kind: str, size: str, batch_size: int, device) -> float:
 
 
 def peak_memory(kind: str, size: str, batch_size: int, device_kind: str) -> float:
-    cmd = [sys.executable, __file__, "--child-memory", kind, "--sizes", size, "--batch", str(batch_size),
-           "--device", device_kind]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child-memory",
+        kind,
+        "--sizes",
+        size,
+        "--batch",
+        str(batch_size),
+        "--device",
+        device_kind,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
@@ -231,10 +284,14 @@ def bench_size(size: str, args, device) -> list[str]:
     for v in variants.values():
         v.step()
     times = interleaved({k: v.step for k, v in variants.items()}, args.rounds, args.reps)
-    lines.append(ratio_line(f"{size}/1 train step (batch {args.batch})", times["ours"], times["official"])
-                 + f"; first call (compiling) {compile_s:.0f} s")
-    lines.append(f"{size}/1 ours training: " + utilisation(
-        args.batch, statistics.median(times["ours"]), train_flops_per_image(mcfg, GRID), device))
+    lines.append(
+        ratio_line(f"{size}/1 train step (batch {args.batch})", times["ours"], times["official"])
+        + f"; first call (compiling) {compile_s:.0f} s"
+    )
+    lines.append(
+        f"{size}/1 ours training: "
+        + utilisation(args.batch, statistics.median(times["ours"]), train_flops_per_image(mcfg, GRID), device)
+    )
     del variants
 
     set_tf32(True)  # both samplers run with TF32
@@ -243,19 +300,27 @@ def bench_size(size: str, args, device) -> list[str]:
     t = (torch.full((len(x),), 0.4, device=device), torch.full((len(x),), 0.7, device=device))
     with torch.no_grad():
         gap = (ours(x, t, y) - official(x, t, y)).abs().max().item()
-        times = interleaved({"ours": lambda: ours(x, t, y), "official": lambda: official(x, t, y)},
-                            args.rounds, args.reps)
-    lines.append(ratio_line(f"{size}/1 sampling forward = cost per NFE (batch {args.batch})", times["ours"],
-                            times["official"])
-                 + f"; max |v_ours - v_official| {gap:.1e} (same field: same NFE)")
-    lines.append(f"{size}/1 ours sampling, per NFE: " + utilisation(
-        args.batch, statistics.median(times["ours"]), sample_flops_per_nfe(mcfg, GRID), device))
+        times = interleaved(
+            {"ours": lambda: ours(x, t, y), "official": lambda: official(x, t, y)}, args.rounds, args.reps
+        )
+    lines.append(
+        ratio_line(
+            f"{size}/1 sampling forward = cost per NFE (batch {args.batch})", times["ours"], times["official"]
+        )
+        + f"; max |v_ours - v_official| {gap:.1e} (same field: same NFE)"
+    )
+    lines.append(
+        f"{size}/1 ours sampling, per NFE: "
+        + utilisation(args.batch, statistics.median(times["ours"]), sample_flops_per_nfe(mcfg, GRID), device)
+    )
 
     for r in range(args.memory_rounds):
         kinds = ("ours", "official") if r % 2 == 0 else ("official", "ours")
         mem = {kind: peak_memory(kind, size, args.batch, args.device) for kind in kinds}
-        lines.append(f"{size}/1 train step peak memory, child pair {r + 1}: ours {mem['ours']:.0f} MiB, "
-                     f"official {mem['official']:.0f} MiB, ours/official {mem['ours'] / mem['official']:.3f}")
+        lines.append(
+            f"{size}/1 train step peak memory, child pair {r + 1}: ours {mem['ours']:.0f} MiB, "
+            f"official {mem['official']:.0f} MiB, ours/official {mem['ours'] / mem['official']:.3f}"
+        )
     return lines
 
 
@@ -275,8 +340,10 @@ def main() -> None:
         print(json.dumps({"peak_mib": child_memory(args.child_memory, args.sizes[0], args.batch, device)}))
         return
     load = os.getloadavg()[0]
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, load {load:.1f}; "
-          f"{args.rounds} interleaved rounds x {args.reps} calls; median ratio [min..max] over rounds")
+    print(
+        f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, load {load:.1f}; "
+        f"{args.rounds} interleaved rounds x {args.reps} calls; median ratio [min..max] over rounds"
+    )
     for size in args.sizes:
         for line in bench_size(size, args, device):
             print(line, flush=True)

@@ -27,8 +27,12 @@ def snakemake(work: Path, *args) -> float:
     env = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     start = time.monotonic()
-    subprocess.run([sys.executable, "-m", "snakemake", *args, "--profile", "profiles/local", "--quiet", "all"],
-                   cwd=work, env=env, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "snakemake", *args, "--profile", "profiles/local", "--quiet", "all"],
+        cwd=work,
+        env=env,
+        check=True,
+    )
     return time.monotonic() - start
 
 
@@ -64,17 +68,35 @@ def main() -> int:
 
     print(f"\n{'rule':<24}{'jobs':>5}{'total s':>10}{'max s':>9}{'peak RSS MB':>13}")
     for rule, s in sorted(stats.items(), key=lambda kv: -kv[1]["seconds"]):
-        print(f"{rule:<24}{s['jobs']:>5}{s['seconds']:>10.1f}{s['max_seconds']:>9.1f}{s['max_rss_mb']:>13.0f}")
+        print(
+            f"{rule:<24}{s['jobs']:>5}{s['seconds']:>10.1f}{s['max_seconds']:>9.1f}{s['max_rss_mb']:>13.0f}"
+        )
     busy = sum(s["seconds"] for s in stats.values())
     total = fid_seconds + rest_seconds
     peak, pair = rss[0] / 1024, sum(rss[:2]) / 1024
-    print(f"\njob-seconds {busy:.0f} over {total:.0f} s wall ({busy / total:.2f} jobs in parallel on average)")
+    print(
+        f"\njob-seconds {busy:.0f} over {total:.0f} s wall ({busy / total:.2f} jobs in parallel on average)"
+    )
     rows = [
-        ("results/table_fid.csv wall", f"{fid_seconds / 60:.1f} min", f"<= {TARGETS['table_fid'] // 60} min",
-         fid_seconds <= TARGETS["table_fid"]),
-        ("all toy tables wall", f"{total / 60:.1f} min", f"<= {TARGETS['all'] // 60} min", total <= TARGETS["all"]),
+        (
+            "results/table_fid.csv wall",
+            f"{fid_seconds / 60:.1f} min",
+            f"<= {TARGETS['table_fid'] // 60} min",
+            fid_seconds <= TARGETS["table_fid"],
+        ),
+        (
+            "all toy tables wall",
+            f"{total / 60:.1f} min",
+            f"<= {TARGETS['all'] // 60} min",
+            total <= TARGETS["all"],
+        ),
         ("peak RSS, one job", f"{peak:.2f} GiB", f"< {TARGETS['peak_gib']} GiB", peak < TARGETS["peak_gib"]),
-        ("peak RSS, two largest jobs", f"{pair:.2f} GiB", f"< {TARGETS['peak_gib']} GiB", pair < TARGETS["peak_gib"]),
+        (
+            "peak RSS, two largest jobs",
+            f"{pair:.2f} GiB",
+            f"< {TARGETS['peak_gib']} GiB",
+            pair < TARGETS["peak_gib"],
+        ),
     ]
     for name, value, target, ok in rows:
         print(f"{name:<28}{value:>12}   target {target:<10} {'ok' if ok else 'MISSED'}")

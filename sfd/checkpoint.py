@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
 from sfd.errors import UserError, first_line
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -38,7 +39,10 @@ def first_mismatch(expected: dict, found: dict) -> str | None:
         if key not in found:
             return f"missing key '{key}'"
         if tuple(found[key].shape) != tuple(tensor.shape):
-            return f"key '{key}' has shape {list(found[key].shape)} in the checkpoint, expected {list(tensor.shape)}"
+            return (
+                f"key '{key}' has shape {list(found[key].shape)} in the checkpoint, "
+                f"expected {list(tensor.shape)}"
+            )
     for key in found:
         if key not in expected:
             return f"unexpected key '{key}'"
@@ -65,8 +69,18 @@ def pickled_globals() -> list:
     from omegaconf.base import ContainerMetadata, Metadata
     from omegaconf.nodes import AnyNode
 
-    return [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, typing.Any, collections.defaultdict,
-            dict, list, int]
+    return [
+        DictConfig,
+        ListConfig,
+        ContainerMetadata,
+        Metadata,
+        AnyNode,
+        typing.Any,
+        collections.defaultdict,
+        dict,
+        list,
+        int,
+    ]
 
 
 def safe_load(path) -> object:
@@ -84,8 +98,10 @@ def safe_load(path) -> object:
     except pickle.UnpicklingError as err:
         pickled = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if pickled is None:
-            raise CheckpointError(f"{path}: not a readable torch checkpoint (unpickling failed: corrupt, or "
-                                  "another kind of file)") from None
+            raise CheckpointError(
+                f"{path}: not a readable torch checkpoint (unpickling failed: corrupt, or "
+                "another kind of file)"
+            ) from None
         raise CheckpointError(
             f"{path}: pickles {pickled[1]}, which is not among the classes the released checkpoints need "
             "(sfd.checkpoint.pickled_globals); it is not loaded, since unpickling it could run code. "
@@ -130,7 +146,9 @@ def load_weights(path, *, key: str = "ema") -> dict[str, torch.Tensor]:
     for name, tensor in obj.items():
         stripped = _strip_wrappers(name)
         if stripped in state:
-            raise CheckpointError(f"{path}: key {name!r} collides with another after removing wrapper prefixes")
+            raise CheckpointError(
+                f"{path}: key {name!r} collides with another after removing wrapper prefixes"
+            )
         state[stripped] = tensor
     return state
 

@@ -18,37 +18,106 @@ from sfd.errors import UserError
 COMMANDS = {
     "validate-config": ("sfd.config", "Validate an experiment YAML and print the resolved config."),
     # -- data and tokenizers (issue 3) --
-    "make-toy-data": ("sfd.data.toy", "Write one split of the procedural toy dataset as an npz (images, labels, class_names)."),
-    "fetch-imagenet": ("sfd.data.imagenet", "Download ImageNet-1k archives from the Hub and unpack them as <wnid>/*.JPEG (resumable)."),
-    "train-tokenizer": ("sfd.tokenizers.train", "Train the toy texture VAE (the LDM KL autoencoder, configured small) on a toy npz."),
-    "fetch-weights": ("sfd.hub", "Download one Hugging Face Hub file (resumable, atomic, sha256-checked; token from HF_TOKEN)."),
-    "extract-latents": ("sfd.latents.extract", "Encode images into composite latent shards (texture + semantic, flips, REPA tokens); resumable."),
-    "latent-stats": ("sfd.latents.stats", "Per-channel latent statistics from a seeded sample (or the released files) into the latent dir."),
+    "make-toy-data": (
+        "sfd.data.toy",
+        "Write one split of the procedural toy dataset as an npz (images, labels, class_names).",
+    ),
+    "fetch-imagenet": (
+        "sfd.data.imagenet",
+        "Download ImageNet-1k archives from the Hub and unpack them as <wnid>/*.JPEG (resumable).",
+    ),
+    "train-tokenizer": (
+        "sfd.tokenizers.train",
+        "Train the toy texture VAE (the LDM KL autoencoder, configured small) on a toy npz.",
+    ),
+    "fetch-weights": (
+        "sfd.hub",
+        "Download one Hugging Face Hub file (resumable, atomic, sha256-checked; token from HF_TOKEN).",
+    ),
+    "extract-latents": (
+        "sfd.latents.extract",
+        "Encode images into composite latent shards (texture + semantic, flips, REPA tokens); resumable.",
+    ),
+    "latent-stats": (
+        "sfd.latents.stats",
+        "Per-channel latent statistics from a seeded sample (or the released files) into the latent dir.",
+    ),
     # -- semantic encoder and Semantic VAE (issue 3) --
-    "train-semantic-encoder": ("sfd.semantic.train_encoder", "Train the toy ViT semantic encoder as a classifier of the toy labels."),
-    "extract-features": ("sfd.semantic.features", "Encoder patch tokens of raw images (Semantic VAE training data), resumable shards."),
-    "train-semvae": ("sfd.semantic.train_semvae", "Train the Semantic VAE on extracted features; rerun the same command to resume."),
-    "eval-semvae": ("sfd.semantic.eval_semvae", "Reconstruction metrics of a Semantic VAE checkpoint (ours or released) on features."),
+    "train-semantic-encoder": (
+        "sfd.semantic.train_encoder",
+        "Train the toy ViT semantic encoder as a classifier of the toy labels.",
+    ),
+    "extract-features": (
+        "sfd.semantic.features",
+        "Encoder patch tokens of raw images (Semantic VAE training data), resumable shards.",
+    ),
+    "train-semvae": (
+        "sfd.semantic.train_semvae",
+        "Train the Semantic VAE on extracted features; rerun the same command to resume.",
+    ),
+    "eval-semvae": (
+        "sfd.semantic.eval_semvae",
+        "Reconstruction metrics of a Semantic VAE checkpoint (ours or released) on features.",
+    ),
     # -- training and generation engines (issue 4) --
     "train": ("sfd.train", "Train an SFD DiT (torchrun for DDP); rerun the same command to resume."),
     "export-ema": ("sfd.export_ema", "Write the EMA of a training checkpoint as {'ema': state_dict}."),
     "sample": ("sfd.generate", "Generate N balanced samples (none / CFG / AutoGuidance) as uint8 shards."),
     "pack": ("sfd.pack", "Pack sample shards into the ADM evaluator npz plus a sample grid PNG."),
     # -- evaluator (issue 5) --
-    "fetch-eval-assets": ("sfd.evaluation.assets", "Download ADM's Inception GraphDef and reference batch (sha256-checked, resumable)."),
-    "train-detector": ("sfd.evaluation.toy_detector", "Train the toy detector CNN and export it as an Inception-named frozen GraphDef."),
-    "make-reference": ("sfd.evaluation.reference", "Write a toy reference batch (arr_0 real images, arr_1 labels)."),
-    "evaluate": ("sfd.evaluation.evaluate", "ADM-equivalent FID, sFID, IS, precision and recall of a sample npz."),
+    "fetch-eval-assets": (
+        "sfd.evaluation.assets",
+        "Download ADM's Inception GraphDef and reference batch (sha256-checked, resumable).",
+    ),
+    "train-detector": (
+        "sfd.evaluation.toy_detector",
+        "Train the toy detector CNN and export it as an Inception-named frozen GraphDef.",
+    ),
+    "make-reference": (
+        "sfd.evaluation.reference",
+        "Write a toy reference batch (arr_0 real images, arr_1 labels).",
+    ),
+    "evaluate": (
+        "sfd.evaluation.evaluate",
+        "ADM-equivalent FID, sFID, IS, precision and recall of a sample npz.",
+    ),
     # -- workflow (issue 6) --
-    "sample-run": ("sfd.workflow.sample_run", "`sfd sample` for one run of the experiment (settings read from runs.<run>)."),
-    "fetch-released": ("sfd.workflow.fetch_released", "Download one released SFD checkpoint named by the experiment's `released` section."),
-    "launch": ("sfd.workflow.launch", "Run a resumable command on all devices of the job (torchrun/srun), guarding its state dir."),
-    "table": ("sfd.workflow.table", "Build results/<table>.csv: measured metrics beside the paper's numbers."),
-    "plot": ("sfd.workflow.plot", "Draw a paper figure (FID vs delta_t or vs iterations) from its results CSV."),
-    "replication-report": ("sfd.workflow.replication", "Replication CSV, figures and report: toy-FID and class accuracy over seeds, verdicts."),
-    "dvc-yaml": ("sfd.workflow.dvc_yaml", "Generate dvc.yaml from the Snakemake DAG (--check: fail when stale)."),
-    "downloads": ("sfd.workflow.downloads", "List every file the experiment downloads: source, destination, size."),
-    "plan": ("sfd.workflow.plan", "Per rule: jobs, FLOPs and device-hours of a target from scratch, and its downloads."),
+    "sample-run": (
+        "sfd.workflow.sample_run",
+        "`sfd sample` for one run of the experiment (settings read from runs.<run>).",
+    ),
+    "fetch-released": (
+        "sfd.workflow.fetch_released",
+        "Download one released SFD checkpoint named by the experiment's `released` section.",
+    ),
+    "launch": (
+        "sfd.workflow.launch",
+        "Run a resumable command on all devices of the job (torchrun/srun), guarding its state dir.",
+    ),
+    "table": (
+        "sfd.workflow.table",
+        "Build results/<table>.csv: measured metrics beside the paper's numbers.",
+    ),
+    "plot": (
+        "sfd.workflow.plot",
+        "Draw a paper figure (FID vs delta_t or vs iterations) from its results CSV.",
+    ),
+    "replication-report": (
+        "sfd.workflow.replication",
+        "Replication CSV, figures and report: toy-FID and class accuracy over seeds, verdicts.",
+    ),
+    "dvc-yaml": (
+        "sfd.workflow.dvc_yaml",
+        "Generate dvc.yaml from the Snakemake DAG (--check: fail when stale).",
+    ),
+    "downloads": (
+        "sfd.workflow.downloads",
+        "List every file the experiment downloads: source, destination, size.",
+    ),
+    "plan": (
+        "sfd.workflow.plan",
+        "Per rule: jobs, FLOPs and device-hours of a target from scratch, and its downloads.",
+    ),
 }
 
 

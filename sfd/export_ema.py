@@ -18,7 +18,9 @@ def export_ema(ckpt: Path, out: Path) -> int:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--ckpt", required=True, type=Path, help="full training checkpoint (checkpoints/NNNNNNN.pt)")
+    parser.add_argument(
+        "--ckpt", required=True, type=Path, help="full training checkpoint (checkpoints/NNNNNNN.pt)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output EMA file")
 
 

@@ -26,7 +26,9 @@ def check_schedule(delta_t: float, semantic_chans: int, channels: int) -> None:
     if not 0.0 <= delta_t <= 1.0:
         raise ValueError(f"delta_t must lie in [0, 1], got {delta_t}")
     if not 0 <= semantic_chans <= channels:
-        raise ValueError(f"semantic_chans must lie in [0, {channels}] (latent channels), got {semantic_chans}")
+        raise ValueError(
+            f"semantic_chans must lie in [0, {channels}] (latent channels), got {semantic_chans}"
+        )
     if delta_t > 0 and semantic_chans == 0:
         raise ValueError(f"delta_t = {delta_t} > 0 needs semantic_chans > 0")
 

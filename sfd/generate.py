@@ -50,8 +50,28 @@ from sfd.tokenizers import load_texture_vae
 log = logging.getLogger("sfd.generate")
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('data.num_classes', 'latents.multiplier', 'models.{model}.model', 'models.{guide}.model', 'sampling.method', 'sampling.num_steps', 'sampling.atol', 'sampling.rtol', 'sampling.timestep_shift', 'sampling.batch_size', 'sampling.shard_size', 'sampling.seed', 'sampling.cfg_interval_start', 'sampling.num_samples', 'sampling.guidance', 'sampling.cfg_scale', 'texture_vae.pretrained', 'texture_vae.arch', 'sampling.tf32')
-ALSO_READS = ('device', 'sampling.compile')
+READS = (
+    "data.num_classes",
+    "latents.multiplier",
+    "models.{model}.model",
+    "models.{guide}.model",
+    "sampling.method",
+    "sampling.num_steps",
+    "sampling.atol",
+    "sampling.rtol",
+    "sampling.timestep_shift",
+    "sampling.batch_size",
+    "sampling.shard_size",
+    "sampling.seed",
+    "sampling.cfg_interval_start",
+    "sampling.num_samples",
+    "sampling.guidance",
+    "sampling.cfg_scale",
+    "texture_vae.pretrained",
+    "texture_vae.arch",
+    "sampling.tf32",
+)
+ALSO_READS = ("device", "sampling.compile")
 
 INDEX_VERSION = 1
 
@@ -135,7 +155,9 @@ def load_ema_model(cfg: dict, model_name: str, ckpt: Path, num_classes: int, dev
     from sfd.models import build_model
 
     if model_name not in cfg.get("models", {}):
-        raise ConfigError(f"{source}: models.{model_name}: no such model (have: {', '.join(cfg.get('models', {}))})")
+        raise ConfigError(
+            f"{source}: models.{model_name}: no such model (have: {', '.join(cfg.get('models', {}))})"
+        )
     model_cfg = cfg["models"][model_name]["model"]
     state = load_weights(ckpt)
     if "pos_embed" not in state:
@@ -190,11 +212,22 @@ class ImageSampler:
         labels = balanced_labels(indices, self.num_samples, self.num_classes).to(self.device)
         info = {}
         latents = ode_sample(
-            model, noise, labels, delta_t=self.delta_t, semantic_chans=model.semantic_chans,
-            method=s["method"], num_steps=s["num_steps"], atol=s["atol"], rtol=s["rtol"],
-            timestep_shift=s["timestep_shift"], cfg_scale=self.guide["cfg_scale"],
-            cfg_interval_start=self.guide["cfg_interval_start"], cfg_interval_mode=self.interval_mode,
-            guide_model=self.weak, null_label=self.num_classes, stats=info,
+            model,
+            noise,
+            labels,
+            delta_t=self.delta_t,
+            semantic_chans=model.semantic_chans,
+            method=s["method"],
+            num_steps=s["num_steps"],
+            atol=s["atol"],
+            rtol=s["rtol"],
+            timestep_shift=s["timestep_shift"],
+            cfg_scale=self.guide["cfg_scale"],
+            cfg_interval_start=self.guide["cfg_interval_start"],
+            cfg_interval_mode=self.interval_mode,
+            guide_model=self.weak,
+            null_label=self.num_classes,
+            stats=info,
         )
         with torch.no_grad():
             images = self.vae.decode_to_uint8(denormalize_texture(latents, self.stats, self.multiplier))
@@ -224,26 +257,51 @@ def sample(
     scfg = cfg["sampling"] if seed is None else {**cfg["sampling"], "seed": seed}
     n = scfg["num_samples"] if num_samples is None else num_samples
     if scfg["shard_size"] % scfg["batch_size"]:
-        raise ConfigError(f"{source}: sampling.shard_size {scfg['shard_size']} is not a multiple of batch_size {scfg['batch_size']}")
+        raise ConfigError(
+            f"{source}: sampling.shard_size {scfg['shard_size']} is not a multiple of "
+            f"batch_size {scfg['batch_size']}"
+        )
     guide = guidance_settings(scfg, guidance or scfg["guidance"], cfg_scale, guide_model, guide_ckpt)
     ag = guide["guidance"] == "autoguidance"
     for name in (model_name, guide_model if ag else None):
         if name is not None and name not in cfg.get("models", {}):
-            raise ConfigError(f"{source}: models.{name}: no such model (have: {', '.join(cfg.get('models', {}))})")
+            raise ConfigError(
+                f"{source}: models.{name}: no such model (have: {', '.join(cfg.get('models', {}))})"
+            )
     for path in (ckpt, texture_vae, guide_ckpt if ag else None):
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"{path}: no such file")
     meta = {
-        "version": INDEX_VERSION, "model_name": model_name, "model": cfg["models"][model_name]["model"],
-        "num_samples": n, "num_classes": cfg["data"]["num_classes"], "seed": scfg["seed"],
-        **{k: scfg[k] for k in ("method", "num_steps", "atol", "rtol", "timestep_shift", "batch_size", "shard_size",
-                                "tf32")},
-        **guide, "guide_model": guide_model if ag else None, "multiplier": cfg["latents"]["multiplier"],
-        "ckpt_sha256": sha256(ckpt), "guide_ckpt_sha256": sha256(guide_ckpt) if ag else None,
+        "version": INDEX_VERSION,
+        "model_name": model_name,
+        "model": cfg["models"][model_name]["model"],
+        "num_samples": n,
+        "num_classes": cfg["data"]["num_classes"],
+        "seed": scfg["seed"],
+        **{
+            k: scfg[k]
+            for k in (
+                "method",
+                "num_steps",
+                "atol",
+                "rtol",
+                "timestep_shift",
+                "batch_size",
+                "shard_size",
+                "tf32",
+            )
+        },
+        **guide,
+        "guide_model": guide_model if ag else None,
+        "multiplier": cfg["latents"]["multiplier"],
+        "ckpt_sha256": sha256(ckpt),
+        "guide_ckpt_sha256": sha256(guide_ckpt) if ag else None,
         "texture_vae_sha256": sha256(texture_vae),
         "stats_sha256": {p.name: sha256(p) for p in sorted(Path(latents).glob("*stats.pt"))},
-        "ckpt_path": str(ckpt), "guide_ckpt_path": str(guide_ckpt) if ag else None,
-        "texture_vae_path": str(texture_vae), "latents_path": str(latents),
+        "ckpt_path": str(ckpt),
+        "guide_ckpt_path": str(guide_ckpt) if ag else None,
+        "texture_vae_path": str(texture_vae),
+        "latents_path": str(latents),
     }
 
     device = dist.init(cfg["device"])
@@ -251,15 +309,24 @@ def sample(
     set_tf32(scfg["tf32"])
     # Every input is loaded (the checkpoints into their models) before anything is written.
     num_classes = meta["num_classes"]
-    models = [maybe_compile(load_ema_model(cfg, name, path, num_classes, device, source), scfg["compile"],
-                            f"sample {name}")
-              for name, path in ((model_name, ckpt), (guide_model, guide_ckpt))[: 1 + ag]]
+    models = [
+        maybe_compile(
+            load_ema_model(cfg, name, path, num_classes, device, source), scfg["compile"], f"sample {name}"
+        )
+        for name, path in ((model_name, ckpt), (guide_model, guide_ckpt))[: 1 + ag]
+    ]
     sampler = ImageSampler(
-        model=models[0], weak=models[1] if ag else None,
+        model=models[0],
+        weak=models[1] if ag else None,
         vae=load_texture_vae(texture_vae, arch=released_vae_arch(cfg)).to(device).eval(),
-        stats=load_stats(latents), settings=scfg,
-        guide=guide, num_samples=n, num_classes=num_classes, delta_t=meta["model"]["semfirst_delta_t"],
-        interval_mode=meta["model"]["semfirst_infer_interval_mode"], multiplier=meta["multiplier"],
+        stats=load_stats(latents),
+        settings=scfg,
+        guide=guide,
+        num_samples=n,
+        num_classes=num_classes,
+        delta_t=meta["model"]["semfirst_delta_t"],
+        interval_mode=meta["model"]["semfirst_infer_interval_mode"],
+        multiplier=meta["multiplier"],
         device=device,
     )
     shards = shard_ranges(n, scfg["shard_size"])
@@ -267,8 +334,11 @@ def sample(
         if rank == 0:
             _claim(out, meta)
         dist.barrier()
-        mine = [j for j in range(len(shards))
-                if j % world == rank and read_shard(shard_path(out, j), *shards[j]) is None]
+        mine = [
+            j
+            for j in range(len(shards))
+            if j % world == rank and read_shard(shard_path(out, j), *shards[j]) is None
+        ]
         dist.print0(
             f"sampling {n} images of {model_name} ({ckpt}) with {guide['guidance']} s={guide['cfg_scale']}, "
             f"{scfg['method']}: {len(shards)} shards of {scfg['shard_size']} on {world} ranks, "
@@ -282,9 +352,15 @@ def sample(
     return 0
 
 
-def _make_shards(sampler: ImageSampler, out: Path, todo: list[tuple[int, int, int]], batch_size: int, rank: int):
-    bar = tqdm(total=sum(len(batch_ranges(a, b, batch_size)) for _, a, b in todo), desc=f"sample rank {rank}",
-               position=rank, dynamic_ncols=True)
+def _make_shards(
+    sampler: ImageSampler, out: Path, todo: list[tuple[int, int, int]], batch_size: int, rank: int
+):
+    bar = tqdm(
+        total=sum(len(batch_ranges(a, b, batch_size)) for _, a, b in todo),
+        desc=f"sample rank {rank}",
+        position=rank,
+        dynamic_ncols=True,
+    )
     for j, start, stop in todo:
         images, nfes, t0 = [], [], time.perf_counter()
         for b0, b1 in batch_ranges(start, stop, batch_size):
@@ -296,8 +372,15 @@ def _make_shards(sampler: ImageSampler, out: Path, todo: list[tuple[int, int, in
         labels = balanced_labels(torch.from_numpy(indices), sampler.num_samples, sampler.num_classes).numpy()
         with atomic_path(shard_path(out, j)) as tmp:
             np.savez(tmp, images=np.concatenate(images), labels=labels, indices=indices, nfe=np.asarray(nfes))
-        log.info("rank %d: shard %d [%d, %d) in %.1fs, mean NFE %.1f", rank, j, start, stop,
-                 time.perf_counter() - t0, float(np.mean(nfes)))
+        log.info(
+            "rank %d: shard %d [%d, %d) in %.1fs, mean NFE %.1f",
+            rank,
+            j,
+            start,
+            stop,
+            time.perf_counter() - t0,
+            float(np.mean(nfes)),
+        )
     bar.close()
 
 
@@ -329,10 +412,18 @@ def _write_index(out: Path, meta: dict, shards: list[tuple[int, int]]) -> None:
         if arrays is None:
             raise RuntimeError(f"{shard_path(out, j)}: missing or incomplete after sampling")
         shape = list(arrays["images"].shape[1:])
-        entries.append({"file": shard_path(out, j).name, "start": start, "stop": stop,
-                        "sha256": sha256(shard_path(out, j))})
+        entries.append(
+            {
+                "file": shard_path(out, j).name,
+                "start": start,
+                "stop": stop,
+                "sha256": sha256(shard_path(out, j)),
+            }
+        )
     digest = hashlib.sha256("".join(e["sha256"] for e in entries).encode()).hexdigest()
-    write_json({**meta, "image_shape": shape, "shards": entries, "content_sha256": digest}, out / "index.json")
+    write_json(
+        {**meta, "image_shape": shape, "shards": entries, "content_sha256": digest}, out / "index.json"
+    )
     dist.print0(f"wrote {out / 'index.json'}: {meta['num_samples']} images {shape}")
 
 
@@ -344,17 +435,30 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML")
     parser.add_argument("--model", required=True, help="run name under `models:` (architecture of --ckpt)")
     parser.add_argument("--ckpt", required=True, type=Path, help="checkpoint; its EMA weights are sampled")
-    parser.add_argument("--latents", required=True, type=Path,
-                        help="directory with latents_stats.pt / latents_sv_stats.pt (de-normalisation)")
+    parser.add_argument(
+        "--latents",
+        required=True,
+        type=Path,
+        help="directory with latents_stats.pt / latents_sv_stats.pt (de-normalisation)",
+    )
     parser.add_argument("--texture-vae", required=True, type=Path, help="texture VAE checkpoint (decoder)")
-    parser.add_argument("--out", required=True, type=Path, help="output sample directory (shards + index.json)")
-    parser.add_argument("--guidance", choices=["none", "cfg", "autoguidance"], default=None,
-                        help="default: sampling.guidance")
-    parser.add_argument("--cfg-scale", type=float, default=None, help="guidance scale; default: sampling.cfg_scale")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output sample directory (shards + index.json)"
+    )
+    parser.add_argument(
+        "--guidance", choices=["none", "cfg", "autoguidance"], default=None, help="default: sampling.guidance"
+    )
+    parser.add_argument(
+        "--cfg-scale", type=float, default=None, help="guidance scale; default: sampling.cfg_scale"
+    )
     parser.add_argument("--guide-model", default=None, help="AutoGuidance: run name of the weak model")
-    parser.add_argument("--guide-ckpt", type=Path, default=None, help="AutoGuidance: the weak model's checkpoint")
+    parser.add_argument(
+        "--guide-ckpt", type=Path, default=None, help="AutoGuidance: the weak model's checkpoint"
+    )
     parser.add_argument("--num-samples", type=int, default=None, help="default: sampling.num_samples")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "npu"], default=None, help="override `device`")
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "cuda", "npu"], default=None, help="override `device`"
+    )
 
 
 def main(args) -> int:
@@ -364,7 +468,16 @@ def main(args) -> int:
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
     return sample(
-        cfg, args.model, args.ckpt, args.latents, args.texture_vae, args.out,
-        guidance=args.guidance, cfg_scale=args.cfg_scale, guide_model=args.guide_model,
-        guide_ckpt=args.guide_ckpt, num_samples=args.num_samples, source=args.config,
+        cfg,
+        args.model,
+        args.ckpt,
+        args.latents,
+        args.texture_vae,
+        args.out,
+        guidance=args.guidance,
+        cfg_scale=args.cfg_scale,
+        guide_model=args.guide_model,
+        guide_ckpt=args.guide_ckpt,
+        num_samples=args.num_samples,
+        source=args.config,
     )

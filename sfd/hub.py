@@ -19,14 +19,14 @@ import re
 from pathlib import Path
 from urllib.parse import urlparse
 
+from sfd.errors import UserError
 from sfd.io import replace_durably
 from sfd.io import sha256 as sha256_of
-from sfd.errors import UserError
 
 log = logging.getLogger(__name__)
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('{key}',)
+READS = ("{key}",)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -66,8 +66,8 @@ def download(
     offline, unauthorised (private or gated repo, bad token), or when the repo, revision or
     file does not exist.
     """
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub import errors as hf_errors
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
@@ -75,14 +75,18 @@ def download(
     where = f"{repo_type} repo {repo_id}@{revision or 'main'}, file {filename}"
     if out_path.is_file():
         if sha256 is not None and sha256_of(out_path) != sha256:
-            raise HubError(f"{out_path}: exists but its sha256 is not {sha256} ({where}); delete it to refetch")
+            raise HubError(
+                f"{out_path}: exists but its sha256 is not {sha256} ({where}); delete it to refetch"
+            )
         log.info("%s: already present", out_path)
         return out_path
 
     token = os.environ.get("HF_TOKEN") or None
     endpoint = os.environ.get("HF_ENDPOINT") or None
     url = hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision, endpoint=endpoint)
-    log.info("fetching %s -> %s (token: %s)", where, out_path, "HF_TOKEN" if token else "stored login or none")
+    log.info(
+        "fetching %s -> %s (token: %s)", where, out_path, "HF_TOKEN" if token else "stored login or none"
+    )
     try:
         meta = get_hf_file_metadata(url, token=token, endpoint=endpoint)
         if meta.etag is None:
@@ -96,8 +100,14 @@ def download(
             resume = f.tell()
             if resume:
                 log.info("%s: resuming at byte %d of %s", part, resume, meta.size)
-            http_get(meta.location, f, resume_size=resume, headers=headers, expected_size=meta.size,
-                     displayed_filename=Path(filename).name)
+            http_get(
+                meta.location,
+                f,
+                resume_size=resume,
+                headers=headers,
+                expected_size=meta.size,
+                displayed_filename=Path(filename).name,
+            )
     except hf_errors.GatedRepoError as err:
         raise HubError(
             f"{where}: gated repo; accept its terms on the Hub and set HF_TOKEN to a token with access"
@@ -110,13 +120,17 @@ def download(
     except (hf_errors.RevisionNotFoundError, hf_errors.RemoteEntryNotFoundError) as err:
         raise HubError(f"{where}: revision or file not found on the Hub") from err
     except hf_errors.OfflineModeIsEnabled as err:
-        raise HubError(f"{where}: HF_HUB_OFFLINE is set, cannot download; unset it or provide the file") from err
+        raise HubError(
+            f"{where}: HF_HUB_OFFLINE is set, cannot download; unset it or provide the file"
+        ) from err
     except hf_errors.HfHubHTTPError as err:
         status = err.response.status_code
         hint = "; set HF_TOKEN to a token with access" if status in (401, 403) else ""
         raise HubError(f"{where}: HTTP {status} from the Hub{hint}") from err
     except _transport_errors() as err:  # refused, DNS, timeouts, dropped past the retries, size mismatch
-        raise HubError(f"{where}: download failed ({type(err).__name__}: {err}); offline? rerun to resume") from err
+        raise HubError(
+            f"{where}: download failed ({type(err).__name__}: {err}); offline? rerun to resume"
+        ) from err
 
     if meta.size is not None and part.stat().st_size != meta.size:
         raise HubError(f"{part}: {part.stat().st_size} bytes, the Hub says {meta.size}; rerun to resume")
@@ -132,7 +146,9 @@ def download(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="where the file goes")
     parser.add_argument("--config", help="experiment YAML; with --key, take repo/file from it")
-    parser.add_argument("--key", help="dotted config key of a {repo_id, filename, ...} mapping, e.g. texture_vae.pretrained")
+    parser.add_argument(
+        "--key", help="dotted config key of a {repo_id, filename, ...} mapping, e.g. texture_vae.pretrained"
+    )
     parser.add_argument("--repo-id", help="Hub repo, e.g. SFD-Project/SFD")
     parser.add_argument("--filename", help="path of the file in the repo")
     parser.add_argument("--revision", help="branch, tag or commit (default main)")
@@ -149,12 +165,25 @@ def main(args) -> int:
             raise ConfigError("--key needs --config")
         spec = get(view(args.config, __name__, key=args.key), args.key, args.config)
         if not isinstance(spec, dict) or not {"repo_id", "filename"} <= set(spec):
-            raise ConfigError(f"{args.config}: {args.key} must be a mapping with repo_id and filename, got {spec!r}")
+            raise ConfigError(
+                f"{args.config}: {args.key} must be a mapping with repo_id and filename, got {spec!r}"
+            )
     elif args.repo_id and args.filename:
-        spec = {"repo_id": args.repo_id, "filename": args.filename, "revision": args.revision,
-                "repo_type": args.repo_type, "sha256": args.sha256}
+        spec = {
+            "repo_id": args.repo_id,
+            "filename": args.filename,
+            "revision": args.revision,
+            "repo_type": args.repo_type,
+            "sha256": args.sha256,
+        }
     else:
         raise ConfigError("give --config and --key, or --repo-id and --filename")
-    download(spec["repo_id"], spec["filename"], args.out, revision=spec.get("revision"),
-             repo_type=spec.get("repo_type", "model"), sha256=spec.get("sha256"))
+    download(
+        spec["repo_id"],
+        spec["filename"],
+        args.out,
+        revision=spec.get("revision"),
+        repo_type=spec.get("repo_type", "model"),
+        sha256=spec.get("sha256"),
+    )
     return 0

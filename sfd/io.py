@@ -86,11 +86,14 @@ def output_errors(path):
         code = _errno(err)
         if code in _DISK_FULL:
             free = _size(_free_bytes(Path(path).parent))
-            raise OutputError(f"{path}: disk full while writing ({free} free there); free some space and "
-                              "rerun") from None
+            raise OutputError(
+                f"{path}: disk full while writing ({free} free there); free some space and rerun"
+            ) from None
         if code in _NOT_WRITABLE:
-            raise OutputError(f"{path}: cannot write here ({os.strerror(code)}); fix the permissions or "
-                              "choose another output path") from None
+            raise OutputError(
+                f"{path}: cannot write here ({os.strerror(code)}); fix the permissions or "
+                "choose another output path"
+            ) from None
         raise
 
 
@@ -102,16 +105,20 @@ def require_writable(path, directory: bool = False) -> None:
         raise OutputError(f"{path}: is a directory; give a file name")
     where = _existing_ancestor(path if directory else path.parent)
     if not where.is_dir() or not os.access(where, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: cannot write here ({where} is not a writable directory); fix the "
-                          "permissions or choose another output path")
+        raise OutputError(
+            f"{path}: cannot write here ({where} is not a writable directory); fix the "
+            "permissions or choose another output path"
+        )
 
 
 def require_free_space(path, nbytes: int) -> None:
     """Check that the file system `path` would go to has `nbytes` free (known output sizes)."""
     free = _free_bytes(path)
     if free < nbytes:
-        raise OutputError(f"{path}: needs {_size(nbytes)}, only {_size(free)} free there; free some space "
-                          "or choose another output path")
+        raise OutputError(
+            f"{path}: needs {_size(nbytes)}, only {_size(free)} free there; free some space "
+            "or choose another output path"
+        )
 
 
 # ----------------------------------------------------------------------------
@@ -199,8 +206,12 @@ def sweep_temps(directory, name: str | None = None) -> list[Path]:
             path.unlink(missing_ok=True)
             swept.append(path)
     if swept:
-        log.warning("%s: removed %d temporary file(s) of an interrupted run: %s", directory, len(swept),
-                    ", ".join(p.name for p in sorted(swept)))
+        log.warning(
+            "%s: removed %d temporary file(s) of an interrupted run: %s",
+            directory,
+            len(swept),
+            ", ".join(p.name for p in sorted(swept)),
+        )
     return swept
 
 

@@ -30,7 +30,7 @@ from sfd.reads import view
 log = logging.getLogger("sfd.pack")
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('sampling.pack_seed', 'sampling.grid_classes', 'sampling.grid_per_class')
+READS = ("sampling.pack_seed", "sampling.grid_classes", "sampling.grid_per_class")
 
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 _CHUNK = 1024
@@ -79,8 +79,10 @@ def load_ordered(samples: Path, index: dict, staging: Path):
             with np.load(path) as shard:
                 indices, shard_images, shard_labels = shard["indices"], shard["images"], shard["labels"]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-            raise InputError(f"{path}: unreadable sample shard ({type(err).__name__}: {err}); run "
-                             "`sfd sample` again to redo it") from None
+            raise InputError(
+                f"{path}: unreadable sample shard ({type(err).__name__}: {err}); run "
+                "`sfd sample` again to redo it"
+            ) from None
         if not np.array_equal(indices, np.arange(entry["start"], entry["stop"])):
             raise ConfigError(f"{path}: indices differ from index.json's range")
         if shard_images.shape[1:] != shape:
@@ -96,8 +98,11 @@ def class_mixing_permutation(n: int, seed: int) -> np.ndarray:
 
 def _write_npy_entry(zf: zipfile.ZipFile, name: str, array, order: np.ndarray) -> None:
     """Stream array[order] into the zip as `name`.npy (format 1.0 header, as np.save writes)."""
-    header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": False,
-              "shape": (len(order), *array.shape[1:])}
+    header = {
+        "descr": np.lib.format.dtype_to_descr(array.dtype),
+        "fortran_order": False,
+        "shape": (len(order), *array.shape[1:]),
+    }
     info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
     with zf.open(info, "w", force_zip64=True) as f:
         np.lib.format.write_array_header_1_0(f, header)
@@ -119,7 +124,9 @@ def grid_classes(labels: np.ndarray, num_classes: int, rows: int) -> list[int]:
     return [int(present[np.abs(present - c).argmin()]) for c in wanted]
 
 
-def write_grid(path: Path, images, labels: np.ndarray, classes: list[int], per_class: int, pad: int = 2) -> None:
+def write_grid(
+    path: Path, images, labels: np.ndarray, classes: list[int], per_class: int, pad: int = 2
+) -> None:
     """One row per class: its first `per_class` images in index order, on a white background."""
     h, w = images.shape[1:3]
     canvas = np.full((len(classes) * (h + pad) + pad, per_class * (w + pad) + pad, 3), 255, np.uint8)
@@ -151,21 +158,35 @@ def pack(samples: Path, out: Path, *, seed: int, grid: Path | None, rows: int, p
         del images
     finally:
         staging.unlink(missing_ok=True)
-    log.info("packed %d images %s from %s into %s (permutation seed %d)", len(labels), index["image_shape"],
-             samples, out, seed)
+    log.info(
+        "packed %d images %s from %s into %s (permutation seed %d)",
+        len(labels),
+        index["image_shape"],
+        samples,
+        out,
+        seed,
+    )
     return index
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML (sampling.pack_seed, grid sizes)")
-    parser.add_argument("--samples", required=True, type=Path, help="sample directory written by `sfd sample`")
+    parser.add_argument(
+        "--samples", required=True, type=Path, help="sample directory written by `sfd sample`"
+    )
     parser.add_argument("--out", required=True, type=Path, help="output ADM npz (arr_0 images, arr_1 labels)")
     parser.add_argument("--grid", type=Path, default=None, help="also write a sample grid PNG here")
 
 
 def main(args) -> int:
     scfg = view(args.config, __name__)["sampling"]
-    pack(args.samples, args.out, seed=scfg["pack_seed"], grid=args.grid,
-         rows=scfg["grid_classes"], per_class=scfg["grid_per_class"])
+    pack(
+        args.samples,
+        args.out,
+        seed=scfg["pack_seed"],
+        grid=args.grid,
+        rows=scfg["grid_classes"],
+        per_class=scfg["grid_per_class"],
+    )
     print(f"wrote {args.out}" + (f" and {args.grid}" if args.grid else ""))
     return 0

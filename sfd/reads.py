@@ -112,7 +112,13 @@ class ConfigView(Mapping):
     the command, the key and where to declare it."""
 
     def __init__(self, cfg: dict, keys, command: str, source: str, prefix: str = ""):
-        self._cfg, self._keys, self._command, self._source, self._prefix = cfg, tuple(keys), command, source, prefix
+        self._cfg, self._keys, self._command, self._source, self._prefix = (
+            cfg,
+            tuple(keys),
+            command,
+            source,
+            prefix,
+        )
 
     def _path(self, key) -> str:
         return f"{self._prefix}.{key}" if self._prefix else str(key)

@@ -166,8 +166,14 @@ def ode_sample(
         raise ValueError(f"cfg_interval_mode must be both, tex or sem, got {cfg_interval_mode!r}")
     guided = cfg_scale > 1.0
     use_cfg = guided and guide_model is None
-    mix = Guidance.of(noise.shape[1] - semantic_chans, cfg_scale, cfg_scale_tex, cfg_scale_sem,
-                      cfg_interval_start, cfg_interval_mode)
+    mix = Guidance.of(
+        noise.shape[1] - semantic_chans,
+        cfg_scale,
+        cfg_scale_tex,
+        cfg_scale_sem,
+        cfg_interval_start,
+        cfg_interval_mode,
+    )
     counts = {"nfe": 0, "forwards": 0}
     z, y = with_null_labels(model, noise, labels, null_label) if use_cfg else (noise, labels)
 

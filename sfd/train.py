@@ -56,8 +56,30 @@ CKPT_FORMAT = 1
 log = logging.getLogger("sfd.train")
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('seed', 'data.num_classes', 'latents.multiplier', 'models.{model}.model', 'models.{model}.train.global_batch_size', 'models.{model}.train.lr', 'models.{model}.train.beta2', 'models.{model}.train.weight_decay', 'models.{model}.train.ema_decay', 'models.{model}.train.use_cosine_loss', 'models.{model}.train.use_lognorm', 'models.{model}.train.mixed_precision', 'models.{model}.train.seed_offset')
-ALSO_READS = ('device', 'models.{model}.train.budgets', 'models.{model}.train.ckpt_every', 'models.{model}.train.keep_steps', 'models.{model}.train.log_every', 'models.{model}.train.num_workers', 'models.{model}.train.compile')
+READS = (
+    "seed",
+    "data.num_classes",
+    "latents.multiplier",
+    "models.{model}.model",
+    "models.{model}.train.global_batch_size",
+    "models.{model}.train.lr",
+    "models.{model}.train.beta2",
+    "models.{model}.train.weight_decay",
+    "models.{model}.train.ema_decay",
+    "models.{model}.train.use_cosine_loss",
+    "models.{model}.train.use_lognorm",
+    "models.{model}.train.mixed_precision",
+    "models.{model}.train.seed_offset",
+)
+ALSO_READS = (
+    "device",
+    "models.{model}.train.budgets",
+    "models.{model}.train.ckpt_every",
+    "models.{model}.train.keep_steps",
+    "models.{model}.train.log_every",
+    "models.{model}.train.num_workers",
+    "models.{model}.train.compile",
+)
 
 # ----------------------------------------------------------------------------
 # Seeds and data order: pure functions of (seed, rank, step) / (seed, epoch).
@@ -90,8 +112,12 @@ class StepBatches(torch.utils.data.Sampler):
         self.steps_per_epoch = num_items // global_batch
 
     def position(self, step: int) -> dict:
-        return {"epoch": step // self.steps_per_epoch, "batch_in_epoch": step % self.steps_per_epoch,
-                "steps_per_epoch": self.steps_per_epoch, "num_items": self.num_items}
+        return {
+            "epoch": step // self.steps_per_epoch,
+            "batch_in_epoch": step % self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "num_items": self.num_items,
+        }
 
     def __len__(self):
         return self.stop - self.start
@@ -142,8 +168,13 @@ def make_optimizer(model: torch.nn.Module, tcfg: dict, device: torch.device) -> 
     """AdamW (betas (0.9, beta2), constant lr), fused where torch has the kernel: on CUDA and on the
     CPU (3.1x faster than the default per B/1 step on one thread, docs/decisions.md)."""
     fused = True if device.type in ("cuda", "cpu") else None
-    return torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], betas=(0.9, tcfg["beta2"]),
-                             weight_decay=tcfg["weight_decay"], fused=fused)
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=tcfg["lr"],
+        betas=(0.9, tcfg["beta2"]),
+        weight_decay=tcfg["weight_decay"],
+        fused=fused,
+    )
 
 
 def ckpt_path(run_dir: Path, step: int) -> Path:
@@ -165,13 +196,16 @@ def read_checkpoint(path: Path) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such checkpoint") from None
     except Exception as err:
-        raise UnreadableCheckpoint(f"{path}: unreadable checkpoint (truncated?): {type(err).__name__}: "
-                                   f"{first_line(err)}") from None
+        raise UnreadableCheckpoint(
+            f"{path}: unreadable checkpoint (truncated?): {type(err).__name__}: {first_line(err)}"
+        ) from None
     if not isinstance(state, dict):
         raise ConfigError(f"{path}: not a training checkpoint (a {type(state).__name__})")
     for key in ("model", "ema", "opt", "step", "config", "model_name", "rng"):
         if key not in state:
-            raise ConfigError(f"{path}: training checkpoint has no {key!r} entry (an EMA export or a foreign file?)")
+            raise ConfigError(
+                f"{path}: training checkpoint has no {key!r} entry (an EMA export or a foreign file?)"
+            )
     return state
 
 
@@ -208,7 +242,8 @@ def check_compatible(state: dict, ckpt: Path, identity: dict, source: str) -> No
     if found:
         key, old, new = found
         raise ConfigError(
-            f"{ckpt} was trained as {theirs.get('model_name')!r} ({theirs.get('model', {}).get('model_type')}) "
+            f"{ckpt} was trained as {theirs.get('model_name')!r} "
+            f"({theirs.get('model', {}).get('model_type')}) "
             f"and does not match {source} models.{identity['model_name']} "
             f"({identity['model']['model_type']}): {key} is {old!r} in the checkpoint, {new!r} in the config"
         )
@@ -218,8 +253,15 @@ def run_identity(cfg: dict, model_name: str, num_classes: int, input_size: int, 
     """Everything that fixes the training trajectory; a resumed run must agree on all of it."""
     run = cfg["models"][model_name]
     recipe = {k: v for k, v in run["train"].items() if f"models.{{model}}.train.{k}" in READS}
-    return {"model_name": model_name, "model": run["model"], "recipe": recipe, "seed": cfg["seed"],
-            "num_classes": num_classes, "input_size": input_size, "num_items": num_items}
+    return {
+        "model_name": model_name,
+        "model": run["model"],
+        "recipe": recipe,
+        "seed": cfg["seed"],
+        "num_classes": num_classes,
+        "input_size": input_size,
+        "num_items": num_items,
+    }
 
 
 # ----------------------------------------------------------------------------
@@ -255,17 +297,28 @@ def train(
     """Train models.<model_name> on the latent dataset `latents` into `run_dir`; returns the exit code.
     One run per run directory: a second one refuses while this one holds its lock."""
     with dist.output_lock(run_dir, sweep=(".", "checkpoints", "ema")):
-        return _train(cfg, model_name, latents, Path(run_dir), until_step=until_step, init_from=init_from,
-                      source=source)
+        return _train(
+            cfg, model_name, latents, Path(run_dir), until_step=until_step, init_from=init_from, source=source
+        )
 
 
-def _train(cfg: dict, model_name: str, latents: Path, run_dir: Path, *, until_step: int | None,
-           init_from: Path | None, source: str) -> int:
+def _train(
+    cfg: dict,
+    model_name: str,
+    latents: Path,
+    run_dir: Path,
+    *,
+    until_step: int | None,
+    init_from: Path | None,
+    source: str,
+) -> int:
     from sfd.latents import LatentDataset
     from sfd.models import build_model
 
     if model_name not in cfg.get("models", {}):
-        raise ConfigError(f"{source}: models.{model_name}: no such model (have: {', '.join(cfg.get('models', {}))})")
+        raise ConfigError(
+            f"{source}: models.{model_name}: no such model (have: {', '.join(cfg.get('models', {}))})"
+        )
     run = cfg["models"][model_name]
     mcfg, tcfg = run["model"], run["train"]
     target = until_step if until_step is not None else max(tcfg["budgets"])
@@ -288,7 +341,9 @@ def _train(cfg: dict, model_name: str, latents: Path, run_dir: Path, *, until_st
         latents, multiplier=cfg["latents"]["multiplier"], seed=seed, texture_only=texture_only
     )
     if len(dataset) < tcfg["global_batch_size"]:
-        raise ConfigError(f"{latents}: {len(dataset)} latents, fewer than one global batch ({tcfg['global_batch_size']})")
+        raise ConfigError(
+            f"{latents}: {len(dataset)} latents, fewer than one global batch ({tcfg['global_batch_size']})"
+        )
     x_probe = dataset[0][0]
     if x_probe.shape[0] != mcfg["in_chans"]:
         stats = dataset.stats
@@ -329,11 +384,16 @@ def _train(cfg: dict, model_name: str, latents: Path, run_dir: Path, *, until_st
     )
     throughput = Throughput.of(mcfg, x_probe.shape[-1], tcfg["global_batch_size"], device, world)
     loader = torch.utils.data.DataLoader(
-        EpochIndexed(dataset), batch_sampler=sampler, num_workers=tcfg["num_workers"],
-        pin_memory=device.type == "cuda", prefetch_factor=4 if tcfg["num_workers"] else None,
+        EpochIndexed(dataset),
+        batch_sampler=sampler,
+        num_workers=tcfg["num_workers"],
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if tcfg["num_workers"] else None,
     )
-    net = model if world == 1 else DistributedDataParallel(
-        model, device_ids=None if device.type == "cpu" else [device.index]
+    net = (
+        model
+        if world == 1
+        else DistributedDataParallel(model, device_ids=None if device.type == "cpu" else [device.index])
     )
     net = maybe_compile(net, tcfg["compile"], f"train {model_name}")
     model.train()
@@ -344,8 +404,9 @@ def _train(cfg: dict, model_name: str, latents: Path, run_dir: Path, *, until_st
     t_fetch = time.perf_counter()
     for batch in loader:
         interval.wait += time.perf_counter() - t_fetch  # time the loop stood waiting for this batch
-        terms = train_step(net, model, ema, opt, batch, seed=seed, rank=rank, step=step, device=device,
-                           mcfg=mcfg, tcfg=tcfg)
+        terms = train_step(
+            net, model, ema, opt, batch, seed=seed, rank=rank, step=step, device=device, mcfg=mcfg, tcfg=tcfg
+        )
         step += 1
         interval.add(terms)
         bar.update(1)
@@ -354,8 +415,11 @@ def _train(cfg: dict, model_name: str, latents: Path, run_dir: Path, *, until_st
             record = interval.close(step, sampler, throughput)
             if rank == 0:
                 append_jsonl(record, run_dir / "log.jsonl")
-                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}",
-                                **({"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}))
+                bar.set_postfix(
+                    loss=f"{record['loss']:.4f}",
+                    img_s=f"{record['images_per_s']:.1f}",
+                    **({"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}),
+                )
                 log.info(json.dumps(record))
 
         stop = dist.any_rank(suspend.signal is not None, device) if world > 1 else suspend.signal is not None
@@ -367,7 +431,10 @@ def _train(cfg: dict, model_name: str, latents: Path, run_dir: Path, *, until_st
             dist.barrier()
         if stop:
             bar.close()
-            dist.print0(f"{suspend.signal or 'signal on another rank'}: checkpointed step {step}; exit {EXIT_SUSPENDED}")
+            dist.print0(
+                f"{suspend.signal or 'signal on another rank'}: checkpointed step {step}; "
+                f"exit {EXIT_SUSPENDED}"
+            )
             dist.cleanup()
             return EXIT_SUSPENDED
         t_fetch = time.perf_counter()
@@ -386,8 +453,17 @@ def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
         group["fused"] = flag
 
 
-def restore(run_dir: Path, target: int, init_from: Path | None, identity: dict, model, ema, opt, world: int,
-            source: str) -> int:
+def restore(
+    run_dir: Path,
+    target: int,
+    init_from: Path | None,
+    identity: dict,
+    model,
+    ema,
+    opt,
+    world: int,
+    source: str,
+) -> int:
     """Load the newest checkpoint of `run_dir` (else `init_from`) into model/ema/opt; returns its
     step (0 for a fresh start)."""
     found = latest_checkpoint(run_dir, target)
@@ -400,20 +476,25 @@ def restore(run_dir: Path, target: int, init_from: Path | None, identity: dict, 
     path, state = found
     check_compatible(state, path, identity, source)
     if state["step"] > target:
-        raise ConfigError(f"{path}: checkpoint is at step {state['step']}, past the requested --until-step {target}")
+        raise ConfigError(
+            f"{path}: checkpoint is at step {state['step']}, past the requested --until-step {target}"
+        )
     model.load_state_dict(state["model"])
     ema.load_state_dict(state["ema"])
     load_optimizer(opt, state["opt"])
     torch.set_rng_state(state["rng"]["torch"])
     if state["world_size"] != world:
-        dist.print0(f"note: {path} was written by {state['world_size']} ranks, now {world}: "
-                    "per-rank random streams differ from an uninterrupted run")
+        dist.print0(
+            f"note: {path} was written by {state['world_size']} ranks, now {world}: "
+            "per-rank random streams differ from an uninterrupted run"
+        )
     dist.print0(f"resumed from {path} at step {state['step']}")
     return state["step"]
 
 
-def train_step(net, model, ema, opt, batch, *, seed: int, rank: int, step: int, device, mcfg: dict,
-               tcfg: dict) -> dict:
+def train_step(
+    net, model, ema, opt, batch, *, seed: int, rank: int, step: int, device, mcfg: dict, tcfg: dict
+) -> dict:
     """One optimizer step on this rank's share of global batch `step`; returns the loss terms
     (detached batch means). Randomness is reseeded from (seed, rank, step) first. The previous
     step's gradients are freed before the forward (the official step frees them after it, so they
@@ -432,15 +513,27 @@ def train_step(net, model, ema, opt, batch, *, seed: int, rank: int, step: int, 
         t = torch.rand(len(x1), generator=gen, device=device)
     with autocast(device, enabled=tcfg["mixed_precision"] == "bf16"):
         losses = training_losses(
-            net, x1, y, delta_t=mcfg["semfirst_delta_t"], semantic_chans=mcfg["semantic_chans"],
-            semantic_weight=mcfg["semantic_weight"], use_cosine_loss=tcfg["use_cosine_loss"],
-            repa_target=feats if mcfg["use_repa"] else None, repa_weight=mcfg["repa_weight"],
-            repa_mode=mcfg["repa_mode"], t=t, noise=noise,
+            net,
+            x1,
+            y,
+            delta_t=mcfg["semfirst_delta_t"],
+            semantic_chans=mcfg["semantic_chans"],
+            semantic_weight=mcfg["semantic_weight"],
+            use_cosine_loss=tcfg["use_cosine_loss"],
+            repa_target=feats if mcfg["use_repa"] else None,
+            repa_weight=mcfg["repa_weight"],
+            repa_mode=mcfg["repa_mode"],
+            t=t,
+            noise=noise,
         )
     losses["total"].backward()
     opt.step()
     update_ema(ema, model, tcfg["ema_decay"])
-    return {name: losses[name].detach().float().mean() for name in ("total", "mse", "cos", "repa") if name in losses}
+    return {
+        name: losses[name].detach().float().mean()
+        for name in ("total", "mse", "cos", "repa")
+        if name in losses
+    }
 
 
 def _save(run_dir, step, model, ema, opt, cfg, identity, sampler, world, device) -> None:
@@ -477,14 +570,19 @@ class Throughput:
     def of(cls, mcfg: dict, input_size: int, global_batch: int, device, world: int) -> "Throughput":
         peak = peak_bf16_flops(device_name(device))
         flops = train_flops_per_image(mcfg, input_size)
-        dist.print0(f"{flops / 1e9:.3g} GFLOP per training image; device {device_name(device)}, "
-                    + (f"bf16 peak {peak / 1e12:.0f} TFLOP/s x {world}" if peak else "peak unknown (no MFU)"))
+        dist.print0(
+            f"{flops / 1e9:.3g} GFLOP per training image; device {device_name(device)}, "
+            + (f"bf16 peak {peak / 1e12:.0f} TFLOP/s x {world}" if peak else "peak unknown (no MFU)")
+        )
         return cls(global_batch, flops, None if peak is None else peak * world)
 
     def record(self, elapsed: float, steps: int, wait: float) -> dict:
         images_per_s = self.global_batch * steps / max(elapsed, 1e-9)
-        record = {"images_per_s": images_per_s, "sec_per_step": elapsed / max(steps, 1),
-                  "data_wait_s": wait / max(steps, 1)}
+        record = {
+            "images_per_s": images_per_s,
+            "sec_per_step": elapsed / max(steps, 1),
+            "data_wait_s": wait / max(steps, 1),
+        }
         if self.peak_flops:
             record["mfu"] = images_per_s * self.flops_per_image / self.peak_flops
         return record
@@ -542,12 +640,22 @@ def _truncate_log(path: Path, step: int) -> None:
 def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML")
     parser.add_argument("--model", required=True, help="run name under `models:` in the config")
-    parser.add_argument("--latents", required=True, type=Path, help="latent dataset directory (sfd extract-latents)")
+    parser.add_argument(
+        "--latents", required=True, type=Path, help="latent dataset directory (sfd extract-latents)"
+    )
     parser.add_argument("--run-dir", required=True, type=Path, help="output: checkpoints/, ema/, log.jsonl")
-    parser.add_argument("--until-step", type=int, default=None, help="stop at this step (a budget); default: max(budgets)")
-    parser.add_argument("--init-from", type=Path, default=None,
-                        help="full checkpoint of a previous budget to continue from when --run-dir has none")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "npu"], default=None, help="override `device`")
+    parser.add_argument(
+        "--until-step", type=int, default=None, help="stop at this step (a budget); default: max(budgets)"
+    )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="full checkpoint of a previous budget to continue from when --run-dir has none",
+    )
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "cuda", "npu"], default=None, help="override `device`"
+    )
 
 
 def main(args) -> int:
@@ -556,5 +664,12 @@ def main(args) -> int:
         cfg = cfg.replace("device", args.device)
     if args.until_step is not None and args.until_step < 1:
         raise ConfigError(f"--until-step must be >= 1, got {args.until_step}")
-    return train(cfg, args.model, args.latents, args.run_dir, until_step=args.until_step,
-                 init_from=args.init_from, source=args.config)
+    return train(
+        cfg,
+        args.model,
+        args.latents,
+        args.run_dir,
+        until_step=args.until_step,
+        init_from=args.init_from,
+        source=args.config,
+    )

@@ -16,9 +16,19 @@ from sfd.io import is_temp
 # LightningDiT-P/1 with every SFD switch on, on a 4x4 grid of 4 texture + 4 semantic channels,
 # REPA onto 16-wide tokens after block 1.
 TINY_MODEL = {
-    "model_type": "LightningDiT-P/1", "in_chans": 8, "semantic_chans": 4, "semfirst_delta_t": 0.3,
-    "semantic_weight": 2.0, "use_qknorm": True, "use_swiglu": True, "use_rope": True, "use_rmsnorm": True,
-    "use_repa": True, "repa_out_dim": 16, "repa_hidden_dim": 32, "repa_feat_depth": 1,
+    "model_type": "LightningDiT-P/1",
+    "in_chans": 8,
+    "semantic_chans": 4,
+    "semfirst_delta_t": 0.3,
+    "semantic_weight": 2.0,
+    "use_qknorm": True,
+    "use_swiglu": True,
+    "use_rope": True,
+    "use_rmsnorm": True,
+    "use_repa": True,
+    "repa_out_dim": 16,
+    "repa_hidden_dim": 32,
+    "repa_feat_depth": 1,
 }
 NUM_ITEMS, NUM_CLASSES, GRID, TOKENS = 40, 4, 4, 16
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # for subprocesses
@@ -40,26 +50,50 @@ def tiny_experiment(train: dict | None = None, sampling: dict | None = None) -> 
     """Eager (compile off): torch.compile costs ~1 min per process on this CPU; tests/test_speed.py
     checks the compiled path."""
     return {
-        "name": "tiny", "seed": 3, "device": "cpu",
+        "name": "tiny",
+        "seed": 3,
+        "device": "cpu",
         "data": {"num_classes": NUM_CLASSES},
-        "models": {"tiny": {"model": copy.deepcopy(TINY_MODEL), "train": {
-            "global_batch_size": 16, "lr": 5e-4, "ema_decay": 0.9, "budgets": [4], "ckpt_every": 2,
-            "log_every": 1, "num_workers": 0, "mixed_precision": "bf16", "compile": False, **(train or {})}}},
-        "sampling": {"num_samples": 24, "batch_size": 4, "shard_size": 8, "compile": False, **(sampling or {})},
+        "models": {
+            "tiny": {
+                "model": copy.deepcopy(TINY_MODEL),
+                "train": {
+                    "global_batch_size": 16,
+                    "lr": 5e-4,
+                    "ema_decay": 0.9,
+                    "budgets": [4],
+                    "ckpt_every": 2,
+                    "log_every": 1,
+                    "num_workers": 0,
+                    "mixed_precision": "bf16",
+                    "compile": False,
+                    **(train or {}),
+                },
+            }
+        },
+        "sampling": {
+            "num_samples": 24,
+            "batch_size": 4,
+            "shard_size": 8,
+            "compile": False,
+            **(sampling or {}),
+        },
     }
 
 
 def make_latents(path: Path) -> Path:
     """NUM_ITEMS composite latents (+ flipped copies, REPA tokens, labels) and their statistics,
     written with the extraction code's own shard writer."""
-    from sfd.latents import compute_stats, write_shard, write_index
+    from sfd.latents import compute_stats, write_index, write_shard
 
     g = torch.Generator().manual_seed(0)
     tex = torch.randn(NUM_ITEMS, 4, GRID, GRID, generator=g) * 2 + 1
     sem = torch.randn(NUM_ITEMS, 4, GRID, GRID, generator=g) * 0.5 - 1
     shard = {
-        "latents": tex, "latents_flip": tex.flip(-1),
-        "latents_sv": sem, "latents_sv_flip": sem.flip(-1),
+        "latents": tex,
+        "latents_flip": tex.flip(-1),
+        "latents_sv": sem,
+        "latents_sv_flip": sem.flip(-1),
         "feats": torch.randn(NUM_ITEMS, TOKENS, 16, generator=g).half(),
         "feats_flip": torch.randn(NUM_ITEMS, TOKENS, 16, generator=g).half(),
         "labels": torch.arange(NUM_ITEMS) % NUM_CLASSES,
@@ -75,8 +109,14 @@ def make_texture_vae(path: Path) -> Path:
     from sfd.tokenizers import TextureVAE, save_texture_vae
 
     torch.manual_seed(0)
-    arch = {"ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "z_channels": 4,
-            "resolution": 16}
+    arch = {
+        "ch": 32,
+        "ch_mult": [1, 1, 1],
+        "num_res_blocks": 1,
+        "attn_resolutions": [],
+        "z_channels": 4,
+        "resolution": 16,
+    }
     save_texture_vae(TextureVAE(arch), path)
     return path
 
@@ -94,9 +134,11 @@ def train_tiny(cfg_path: Path, latents: Path, run_dir: Path, until: int) -> Path
 def plant_leftovers(directory: Path, target: str) -> list[Path]:
     """The temporary files a run killed while saving `target` leaves: a real one (a child process
     SIGKILLed inside atomic_path) and one named as safetensors names its own."""
-    code = (f"import os, signal; from sfd.io import atomic_path\n"
-            f"with atomic_path({str(directory / target)!r}) as tmp:\n"
-            f"    tmp.write_bytes(b'half a file')\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    code = (
+        f"import os, signal; from sfd.io import atomic_path\n"
+        f"with atomic_path({str(directory / target)!r}) as tmp:\n"
+        f"    tmp.write_bytes(b'half a file')\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
     subprocess.run([sys.executable, "-c", code], env={**ENV, "PYTHONPATH": os.pathsep.join(sys.path)})
     safetensors_tmp = directory / ".tmpAb12Cd"
     safetensors_tmp.write_bytes(b"torn")

@@ -36,8 +36,14 @@ class FakeHub:
                 pass
 
             def _lookup(self):
-                hub.requests.append({"method": self.command, "path": self.path, "range": self.headers.get("Range"),
-                                     "auth": self.headers.get("Authorization")})
+                hub.requests.append(
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "range": self.headers.get("Range"),
+                        "auth": self.headers.get("Authorization"),
+                    }
+                )
                 repo = "/".join(self.path.strip("/").split("/")[:2])
                 if repo in hub.gated:
                     self._reply(401, {"X-Error-Code": "GatedRepo", "X-Error-Message": "gated"})
@@ -69,7 +75,9 @@ class FakeHub:
                 data = self._lookup()
                 if data is None:
                     return
-                start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+                start = (
+                    int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+                )
                 self.send_response(206 if start else 200)
                 if start:
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -127,9 +135,17 @@ def _texture_vae_ckpt(arch: dict) -> bytes:
 
     state = dict(TextureVAE(arch).state_dict())
     state["loss.logvar"] = torch.zeros(())
-    return _torch_bytes({"state_dict": state, "epoch": 49, "global_step": 1000,
-                         "pytorch-lightning_version": "2.4.0", "callbacks": {}, "optimizer_states": [],
-                         "lr_schedulers": []})
+    return _torch_bytes(
+        {
+            "state_dict": state,
+            "epoch": 49,
+            "global_step": 1000,
+            "pytorch-lightning_version": "2.4.0",
+            "callbacks": {},
+            "optimizer_states": [],
+            "lr_schedulers": [],
+        }
+    )
 
 
 def _timm_weights(section: dict) -> bytes:
@@ -152,17 +168,20 @@ def _released_ckpt(model_cfg: dict, grid: int, layout: str) -> bytes:
         return _torch_bytes({"ema": state})
     model = {k: v for k, v in model_cfg.items() if v is not None}
     config = OmegaConf.create({"model": model, "train": {"resume": False}})
-    return _torch_bytes({"model": state, "ema": state, "opt": {"state": {}, "param_groups": []},
-                         "config": config})
+    return _torch_bytes(
+        {"model": state, "ema": state, "opt": {"state": {}, "param_groups": []}, "config": config}
+    )
 
 
 def _inception_graph() -> bytes:
     """classify_image_graph_def.pb in miniature: a random CNN with Inception's tensor names (input
     `ExpandDims`, `mixed_6/conv`, `pool_3`, 1008-way `softmax/logits/MatMul`), built by TensorFlow
     in its own process (after TensorFlow, triton-loading imports crash)."""
-    code = ("import sys; from sfd.evaluation import toy_detector as t; "
-            "g = t.export_graph_def(t.init_params([8, 8, 8, 16], 1008, seed=0), 32, None); "
-            "sys.stdout.buffer.write(g.SerializeToString(deterministic=True))")
+    code = (
+        "import sys; from sfd.evaluation import toy_detector as t; "
+        "g = t.export_graph_def(t.init_params([8, 8, 8, 16], 1008, seed=0), 32, None); "
+        "sys.stdout.buffer.write(g.SerializeToString(deterministic=True))"
+    )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, timeout=300).stdout
 
 
@@ -211,7 +230,8 @@ def publish_experiment(hub: FakeHub, exp) -> None:
             split = d.out.rsplit("/", 1)[1]
             files = cfg["data"]["hf"]["files"][split]
             count = cfg["data"]["hf"]["expected_images"][split] // len(files) + (
-                files.index(filename) < cfg["data"]["hf"]["expected_images"][split] % len(files))
+                files.index(filename) < cfg["data"]["hf"]["expected_images"][split] % len(files)
+            )
             indices = [next(counter) for _ in range(count)]  # classes in turn: 1,000 images cover them all
             names = [f"{split}_{i:05d}_{classes[i % len(classes)]}.JPEG" for i in indices]
             hub.files[path] = _imagenet_archive(names, seed=len(hub.files))

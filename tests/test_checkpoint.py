@@ -68,7 +68,13 @@ def training_dict(model, other):
             for i, p in enumerate(params)
         },
         "param_groups": [
-            {"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "params": list(range(len(params)))}
+            {
+                "lr": 1e-4,
+                "betas": (0.9, 0.999),
+                "eps": 1e-8,
+                "weight_decay": 0.0,
+                "params": list(range(len(params))),
+            }
         ],
     }
     config = OmegaConf.create(OFFICIAL_TRAIN_YAML)  # what OmegaConf.load makes of the file
@@ -158,7 +164,9 @@ def test_corrupt_file_is_named(tmp_path, source, damage):
     torch_save({"ema": source.state_dict()}, good)
     data = good.read_bytes()
     bad = tmp_path / f"{damage}.pt"
-    bad.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"not a checkpoint" * 8, "empty": b""}[damage])
+    bad.write_bytes(
+        {"truncated": data[: len(data) // 2], "garbage": b"not a checkpoint" * 8, "empty": b""}[damage]
+    )
     with pytest.raises(CheckpointError, match=rf"{damage}\.pt: not a readable torch checkpoint"):
         load_weights(bad)
 
@@ -188,11 +196,16 @@ def test_mismatch_names_file_first_keys_and_shapes(tmp_path, source):
     partial = dict(sd)
     del partial["blocks.1.attn.q_norm.weight"]
     partial["extra.weight"] = torch.ones(1)
-    with pytest.raises(CheckpointError, match=r"<state dict>.*1 missing keys \(first: 'blocks.1.attn.q_norm.weight'\)"
-                       r".*1 unexpected keys \(first: 'extra.weight'\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"<state dict>.*1 missing keys \(first: 'blocks.1.attn.q_norm.weight'\)"
+        r".*1 unexpected keys \(first: 'extra.weight'\)",
+    ):
         load_into(make_model(), partial)
     result = load_into(make_model(), partial, strict=False)
-    assert result.missing_keys == ["blocks.1.attn.q_norm.weight"] and result.unexpected_keys == ["extra.weight"]
+    assert result.missing_keys == ["blocks.1.attn.q_norm.weight"] and result.unexpected_keys == [
+        "extra.weight"
+    ]
 
 
 def test_synchronous_checkpoint_does_not_fit_sfd_model(source):

@@ -62,7 +62,9 @@ def test_toy_class_is_shape_not_colour():
 
 def test_make_toy_data_cli_and_npz_errors(tmp_path):
     config = tmp_path / "exp.yaml"
-    config.write_text(yaml.safe_dump({"name": "t", "data": {"train_size": 25, "val_size": 10, "num_classes": 5}}))
+    config.write_text(
+        yaml.safe_dump({"name": "t", "data": {"train_size": 25, "val_size": 10, "num_classes": 5}})
+    )
     out = tmp_path / "val.npz"
     assert cli.main(["make-toy-data", "--config", str(config), "--split", "val", "--out", str(out)]) == 0
     images, labels, names = toy.load_npz(out)
@@ -111,13 +113,21 @@ def test_image_folder_dataset_order_values_and_flip(tmp_path):
             _write_jpeg(tmp_path / cls / name, seed=i)
     (tmp_path / "n01" / "notes.txt").write_text("not an image")
     ds = ImageDataset(tmp_path, image_size=16)
-    assert [p.relative_to(tmp_path).as_posix() for p in ds.files] == ["n01/z.png", "n01/sub/y.JPEG", "n02/a.jpeg", "n02/b.JPEG"]
+    assert [p.relative_to(tmp_path).as_posix() for p in ds.files] == [
+        "n01/z.png",
+        "n01/sub/y.JPEG",
+        "n02/a.jpeg",
+        "n02/b.JPEG",
+    ]
     assert ds.labels.tolist() == [0, 0, 1, 1] and ds.class_names == ["n01", "n02"]
     x, label = ds[2]
-    reference = transforms.Compose([
-        transforms.Lambda(lambda im: Image.fromarray(center_crop_arr(im, 16))),
-        transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3),
-    ])(Image.open(ds.files[2]).convert("RGB"))
+    reference = transforms.Compose(
+        [
+            transforms.Lambda(lambda im: Image.fromarray(center_crop_arr(im, 16))),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5] * 3, [0.5] * 3),
+        ]
+    )(Image.open(ds.files[2]).convert("RGB"))
     assert label == 1 and torch.equal(x, reference)
     flipped, _ = ImageDataset(tmp_path, image_size=16, hflip=1.0)[2]
     assert torch.equal(flipped, reference.flip(-1))
@@ -160,7 +170,9 @@ def test_fetch_hf_unpacks_archives_into_wnid_folders_and_resumes(tmp_path, monke
 
     source = tmp_path / "hub"
     source.mkdir()
-    _archive(source / "train_images_0.tar.gz", ["n01440764_10026_n01440764.JPEG", "n01443537_7_n01443537.JPEG"])
+    _archive(
+        source / "train_images_0.tar.gz", ["n01440764_10026_n01440764.JPEG", "n01443537_7_n01443537.JPEG"]
+    )
     _archive(source / "train_images_1.tar.gz", ["sub/n01440764_3_n01440764.JPEG"])
     _archive(source / "bad.tar.gz", ["n01440764_1.JPEG"])
     calls = []
@@ -172,15 +184,31 @@ def test_fetch_hf_unpacks_archives_into_wnid_folders_and_resumes(tmp_path, monke
         return out_path
 
     monkeypatch.setattr(sfd.hub, "download", fake_download)
-    hf = validate({"hf": {"repo_id": "org/imagenet", "revision": "abc", "expected_images": {"train": 3},
-                          "files": {"train": ["data/train_images_0.tar.gz", "data/train_images_1.tar.gz"]}}},
-                  "data")["hf"]
+    hf = validate(
+        {
+            "hf": {
+                "repo_id": "org/imagenet",
+                "revision": "abc",
+                "expected_images": {"train": 3},
+                "files": {"train": ["data/train_images_0.tar.gz", "data/train_images_1.tar.gz"]},
+            }
+        },
+        "data",
+    )["hf"]
     dest = tmp_path / "train"
     assert imagenet.fetch_hf(hf, "train", dest) == 3
     files, labels, classes = imagenet.scan_class_folder(dest)
     assert [f.relative_to(dest).as_posix() for f in files] == [
-        "n01440764/n01440764_10026.JPEG", "n01440764/n01440764_3.JPEG", "n01443537/n01443537_7.JPEG"]
-    assert labels == [0, 0, 1] and calls[0] == ("org/imagenet", "data/train_images_0.tar.gz", "abc", "dataset")
+        "n01440764/n01440764_10026.JPEG",
+        "n01440764/n01440764_3.JPEG",
+        "n01443537/n01443537_7.JPEG",
+    ]
+    assert labels == [0, 0, 1] and calls[0] == (
+        "org/imagenet",
+        "data/train_images_0.tar.gz",
+        "abc",
+        "dataset",
+    )
     assert not (dest / ".archives" / "train_images_0.tar.gz").exists()  # keep_archives: false
     assert imagenet.fetch_hf(hf, "train", dest) == 3 and len(calls) == 2  # done archives are not refetched
     hf["files"]["train"] = ["bad.tar.gz"]

@@ -21,8 +21,14 @@ def paper_jobs():
 
 def test_only_local_rules_download(paper_jobs):
     fetching = {job.rule.name for job in paper_jobs if any(d in job.shellcmd for d in DOWNLOADERS)}
-    assert fetching == {"fetch_imagenet", "fetch_tokenizer", "fetch_encoder", "fetch_eval_assets",
-                        "fetch_released_stats", "fetch_released"}
+    assert fetching == {
+        "fetch_imagenet",
+        "fetch_tokenizer",
+        "fetch_encoder",
+        "fetch_eval_assets",
+        "fetch_released_stats",
+        "fetch_released",
+    }
     assert all(job.is_local for job in paper_jobs if job.rule.name in fetching)
 
 
@@ -39,7 +45,9 @@ def test_encoder_weights_are_an_input_file_of_the_compute_jobs(paper_jobs):
 def test_listed_downloads_are_the_fetch_jobs_outputs(paper_jobs):
     exp = matrix.load("config/paper.yaml")
     listed = {(d.rule, d.out) for d in planned(exp)}
-    in_dag = {(job.rule.name, out) for job in paper_jobs if job.rule.name.startswith("fetch_") for out in job.output}
+    in_dag = {
+        (job.rule.name, out) for job in paper_jobs if job.rule.name.startswith("fetch_") for out in job.output
+    }
     assert in_dag <= listed
     assert listed - in_dag == {("fetch_imagenet", "outputs/paper/data/val")}  # read only by the toy detector
     configured = exp.cfg["download_sizes"]
@@ -60,6 +68,24 @@ def test_pretrained_encoder_without_weights_fails_before_the_dag(tmp_path):
     raw = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
     raw["semantic_encoder"]["weights"] = None
     config.write_text(yaml.safe_dump(raw))
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
-                          "-n", "--config", f"experiment={config}"], capture_output=True, text=True, timeout=120)
-    assert out.returncode != 0 and "semantic_encoder.weights: null, but pretrained is true" in out.stderr + out.stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(ROOT / "Snakefile"),
+            "-d",
+            str(tmp_path),
+            "-n",
+            "--config",
+            f"experiment={config}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        out.returncode != 0
+        and "semantic_encoder.weights: null, but pretrained is true" in out.stderr + out.stdout
+    )

@@ -16,8 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_committed_dvc_yaml_is_current():
-    out = subprocess.run([sys.executable, "-m", "sfd", "dvc-yaml", "--check"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "sfd", "dvc-yaml", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout + out.stderr + "\n(regenerate with `sfd dvc-yaml`)"
 
 
@@ -35,8 +40,10 @@ def test_stages_mirror_the_jobs(tmp_path):
     chained = stages["train-big-0000040"]
     assert "outputs/mini/train/big/0000020/checkpoints/0000020.pt" in chained["deps"]
     assert "--until-step 40" in chained["cmd"] and "--init-from" in chained["cmd"]
-    assert chained["outs"] == [{"outputs/mini/train/big/0000040/checkpoints/0000040.pt": {"persist": True}},
-                               {"outputs/mini/train/big/0000040/ema/0000040.pt": {"persist": True}}]
+    assert chained["outs"] == [
+        {"outputs/mini/train/big/0000040/checkpoints/0000040.pt": {"persist": True}},
+        {"outputs/mini/train/big/0000040/ema/0000040.pt": {"persist": True}},
+    ]
     # params point into the experiment file, and only at keys it spells out (DVC rejects absent keys)
     (params,) = chained["params"]
     keys = params["mini.yaml"]
@@ -48,8 +55,11 @@ def test_stages_mirror_the_jobs(tmp_path):
     assert stages["table-table_fid"]["outs"] == ["results/table_fid.csv"]
     pack = stages["pack-big_20"]
     assert pack["plots"] == ["outputs/mini/samples/big_20.png"] and "persist" not in str(pack)
-    assert stages["sample_run-big_40_ag"]["params"][0]["mini.yaml"][:3] == ["runs.big_40_ag", "models.big.model",
-                                                                        "models.small.model"]
+    assert stages["sample_run-big_40_ag"]["params"][0]["mini.yaml"][:3] == [
+        "runs.big_40_ag",
+        "models.big.model",
+        "models.small.model",
+    ]
 
 
 # ----------------------------------------------------------------------------
@@ -76,13 +86,22 @@ def test_dvc_repro_after_snakemake_has_nothing_to_do(toy):
 @pytest.mark.slow
 def test_dvc_reruns_exactly_the_stages_below_a_changed_parameter(toy):
     config = toy / "config" / "toy.yaml"
-    line = "p_200_ag: {model: sfd_p, step: 200, guidance: {kind: autoguidance, model: ag_p, step: 50, scale: 1.5}}"
+    line = (
+        "p_200_ag: {model: sfd_p, step: 200, "
+        "guidance: {kind: autoguidance, model: ag_p, step: 50, scale: 1.5}}"
+    )
     text = config.read_text()
     assert line in text
     config.write_text(text.replace(line, line.replace("scale: 1.5", "scale: 1.8")))
     out = run(["dvc", "repro"], cwd=toy).stdout
-    assert ran_stages(out) == {"sample_run-p_200_ag", "pack-p_200_ag", "evaluate-p_200_ag", "table-table_fid",
-                               "table-table2_system", "table-readme_guidance"}
+    assert ran_stages(out) == {
+        "sample_run-p_200_ag",
+        "pack-p_200_ag",
+        "evaluate-p_200_ag",
+        "table-table_fid",
+        "table-table2_system",
+        "table-readme_guidance",
+    }
     # one stage by name: a deleted output comes back from DVC's cache; --force reruns just that stage
     figure = toy / "results" / "fig_convergence.png"
     figure.unlink()
@@ -106,7 +125,9 @@ def test_push_then_pull_into_a_fresh_clone_needs_no_training_or_sampling(toy, tm
     run(["git", "clone", "-q", str(toy), str(clone)], cwd=toy.parent)
     assert not (clone / "results" / "table_fid.csv").exists()
     run(["dvc", "pull", "-q"], cwd=clone)
-    assert (clone / "results" / "table_fid.csv").read_bytes() == (toy / "results" / "table_fid.csv").read_bytes()
+    assert (clone / "results" / "table_fid.csv").read_bytes() == (
+        toy / "results" / "table_fid.csv"
+    ).read_bytes()
     snakemake = [sys.executable, "-m", "snakemake", "--profile", "profiles/local"]
     run([*snakemake, "--touch"], cwd=clone)
     out = run([*snakemake, "results/table_fid.csv", "-n"], cwd=clone)

@@ -40,7 +40,10 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 def run_sfd(*args, cwd=None, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "sfd", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+        [sys.executable, "-m", "sfd", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
         env={**ENV, **(env or {})},
     )
 
@@ -105,13 +108,20 @@ def test_reference_of_another_image_size_is_refused_unless_allowed(tmp_path):
         evaluate(tmp_path / "s.npz", tmp_path / "ref.npz", tmp_path / "missing.pb", allow_size_mismatch=True)
 
 
-@pytest.mark.parametrize("values, needle", [((0, 2), "values in [0, 1]; were [0, 1] floats"),
-                                            ((7, 1), "all the constant 7")], ids=["0..1", "constant"])
+@pytest.mark.parametrize(
+    "values, needle",
+    [((0, 2), "values in [0, 1]; were [0, 1] floats"), ((7, 1), "all the constant 7")],
+    ids=["0..1", "constant"],
+)
 def test_suspicious_value_ranges_warn(tmp_path, caplog, values, needle):
     rng = np.random.default_rng(0)
     constant = values[1] == 1
-    np.savez(tmp_path / "s.npz", arr_0=np.full((10, 8, 8, 3), values[0], np.uint8) if constant
-             else rng.integers(*values, (10, 8, 8, 3), dtype=np.uint8))
+    np.savez(
+        tmp_path / "s.npz",
+        arr_0=np.full((10, 8, 8, 3), values[0], np.uint8)
+        if constant
+        else rng.integers(*values, (10, 8, 8, 3), dtype=np.uint8),
+    )
     np.savez(tmp_path / "ref.npz", arr_0=images(10))
     with pytest.raises(EvalInputError, match="missing.pb"):
         evaluate(tmp_path / "s.npz", tmp_path / "ref.npz", tmp_path / "missing.pb")
@@ -135,8 +145,16 @@ def test_unwritable_output_is_refused_before_any_work(tmp_path, capsys, monkeypa
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path / "ro" and real_access(p, mode))
     (tmp_path / "ro").mkdir()
-    argv = ["evaluate", str(tmp_path / "s.npz"), "--reference", str(tmp_path / "s.npz"), "--detector",
-            str(tmp_path / "missing.pb"), "--out", str(tmp_path / "ro" / "m.json")]
+    argv = [
+        "evaluate",
+        str(tmp_path / "s.npz"),
+        "--reference",
+        str(tmp_path / "s.npz"),
+        "--detector",
+        str(tmp_path / "missing.pb"),
+        "--out",
+        str(tmp_path / "ro" / "m.json"),
+    ]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "ro/m.json: cannot write here" in err and "missing.pb" not in err
@@ -404,7 +422,9 @@ class AdmManifold:  # guided-diffusion's DistanceBlock + ManifoldEstimator (k=3)
                 float(np.mean(ref_in.astype(np.float64), axis=0)[0])]
 """
 
-TF_DISTANCE_WORKER = ADM_MANIFOLD + r"""
+TF_DISTANCE_WORKER = (
+    ADM_MANIFOLD
+    + r"""
 import json, sys
 from sfd.evaluation import tf_ops
 from sfd.evaluation.metrics import precision_recall
@@ -459,6 +479,7 @@ report["separated"] = {
 }
 json.dump(report, open(out, "w"))
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -501,7 +522,9 @@ def test_tf_precision_recall_equals_float32_on_separated_data(tf_distances):
 # ----------------------------------------------------------------------------
 # TensorFlow: detector graphs, the toy detector and `sfd evaluate` end to end (subprocesses)
 
-TF_WORKER = ADM_MANIFOLD + r"""
+TF_WORKER = (
+    ADM_MANIFOLD
+    + r"""
 import json, sys
 import numpy as np
 from sfd.evaluation import inception, toy_detector
@@ -596,7 +619,8 @@ det.close()
 with tf.compat.v1.Session(graph=tf.Graph()) as s:  # the exported graph's own softmax: bias included
     tf.compat.v1.import_graph_def(inception.read_graph_def(det_path), name="")
     with np.load(samples_path) as f:
-        report["graph_predicted"] = np.argmax(s.run("softmax:0", {"ExpandDims:0": f["arr_0"][:120]}), 1).tolist()
+        probs = s.run("softmax:0", {"ExpandDims:0": f["arr_0"][:120]})
+        report["graph_predicted"] = np.argmax(probs, 1).tolist()
 
 import logging
 from sfd.evaluation.evaluate import evaluate
@@ -620,6 +644,7 @@ except EvalInputError as err:
     report["unlabelled_error"] = str(err)
 json.dump(report, open(out, "w"))
 """
+)
 
 
 def colour_classes(n, seed):

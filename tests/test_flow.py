@@ -116,8 +116,16 @@ def test_training_losses_match_numpy(delta_t, mode, repa_weight):
     t = torch.tensor([0.1, 0.5, 0.9])  # phase I (t_tex clamped to 0), II, III (t_sem clamped to 1)
     model = Analytic()
     out = training_losses(
-        model, x1, torch.zeros(3, dtype=torch.long), delta_t=delta_t, semantic_chans=2,
-        repa_target=target, repa_weight=repa_weight, repa_mode=mode, t=t, noise=x0,
+        model,
+        x1,
+        torch.zeros(3, dtype=torch.long),
+        delta_t=delta_t,
+        semantic_chans=2,
+        repa_target=target,
+        repa_weight=repa_weight,
+        repa_mode=mode,
+        t=t,
+        noise=x0,
     )
     ref = numpy_losses(model, x1, x0, t, delta_t, 2, 2.0, target, mode, repa_weight)
     for key in ("mse", "cos", "repa", "t_tex", "t_sem"):
@@ -154,8 +162,17 @@ def test_semantic_weight_only_scales_last_channels():
 def test_terms_total_and_gradients():
     x1, x0, target = tiny_batch()
     model = Analytic()
-    out = training_losses(model, x1, None, delta_t=0.3, semantic_chans=2, repa_target=target,
-                          use_cosine_loss=False, t=torch.tensor([0.2, 0.4, 0.8]), noise=x0)
+    out = training_losses(
+        model,
+        x1,
+        None,
+        delta_t=0.3,
+        semantic_chans=2,
+        repa_target=target,
+        use_cosine_loss=False,
+        t=torch.tensor([0.2, 0.4, 0.8]),
+        noise=x0,
+    )
     assert set(out) == {"mse", "repa", "total", "t", "t_tex", "t_sem"}  # kept: docs/method.md §7.15
     torch.testing.assert_close(out["total"], out["mse"].mean() + out["repa"].mean())
     out["total"].backward()
@@ -165,7 +182,9 @@ def test_terms_total_and_gradients():
 def test_generator_draws_noise_then_t():
     x1, _, _ = tiny_batch()
     model = Analytic(repa=False)
-    out = training_losses(model, x1, None, delta_t=0.3, semantic_chans=2, generator=torch.Generator().manual_seed(5))
+    out = training_losses(
+        model, x1, None, delta_t=0.3, semantic_chans=2, generator=torch.Generator().manual_seed(5)
+    )
     g = torch.Generator().manual_seed(5)
     noise = torch.randn(x1.shape, generator=g)
     t = sample_logit_normal(3, g)
@@ -215,8 +234,13 @@ def test_matches_official_op_order_bitwise():
     t_sem = t * (1 + 0.3)
     t_tex = (t_sem - 0.3).clamp(min=0.0)
     t_sem = t_sem.clamp(max=1.0)
-    xt = torch.cat([t_tex.view(-1, 1, 1, 1) * x1[:, :2] + (1 - t_tex.view(-1, 1, 1, 1)) * x0[:, :2],
-                    t_sem.view(-1, 1, 1, 1) * x1[:, 2:] + (1 - t_sem.view(-1, 1, 1, 1)) * x0[:, 2:]], dim=1)
+    xt = torch.cat(
+        [
+            t_tex.view(-1, 1, 1, 1) * x1[:, :2] + (1 - t_tex.view(-1, 1, 1, 1)) * x0[:, :2],
+            t_sem.view(-1, 1, 1, 1) * x1[:, 2:] + (1 - t_sem.view(-1, 1, 1, 1)) * x0[:, 2:],
+        ],
+        dim=1,
+    )
     ut = torch.cat([1 * x1[:, :2] + -1 * x0[:, :2], 1 * x1[:, 2:] + -1 * x0[:, 2:]], dim=1)
     v, tokens = model(xt, (t_tex, t_sem), None)
     sq = (v - ut) ** 2

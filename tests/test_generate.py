@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from engine_fixtures import ENV, make_latents, make_texture_vae, one_thread, tiny_experiment, train_tiny  # noqa: F401
 
 from sfd.config import ConfigError, validate
 from sfd.generate import (
@@ -22,9 +23,6 @@ from sfd.generate import (
 )
 from sfd.pack import class_mixing_permutation, pack
 from sfd.train import train
-
-from engine_fixtures import ENV, make_latents, make_texture_vae, one_thread, tiny_experiment, train_tiny  # noqa: F401
-
 
 
 def test_balanced_labels_are_a_pure_function_of_the_index():
@@ -60,8 +58,14 @@ def assets(tmp_path_factory):
     cfg = tiny_experiment(train={"keep_steps": [2]}, sampling={"method": "euler", "num_steps": 5})
     cfg_path.write_text(yaml.safe_dump(cfg))
     run = train_tiny(cfg_path, latents, root / "run", until=4)
-    return {"root": root, "cfg_path": cfg_path, "latents": latents, "ckpt": run / "ema" / "0000004.pt",
-            "weak": run / "ema" / "0000002.pt", "vae": make_texture_vae(root / "vae.pt")}
+    return {
+        "root": root,
+        "cfg_path": cfg_path,
+        "latents": latents,
+        "ckpt": run / "ema" / "0000004.pt",
+        "weak": run / "ema" / "0000002.pt",
+        "vae": make_texture_vae(root / "vae.pt"),
+    }
 
 
 def _cfg(assets, **sampling):
@@ -125,9 +129,23 @@ def test_sample_refuses_a_directory_made_with_other_settings(assets, tmp_path):
 def test_guidance_paths(assets, tmp_path):
     assert _sample(assets, tmp_path / "none") == 0
     plain, _ = _images(tmp_path / "none")
-    _sample(assets, tmp_path / "ag", guidance="autoguidance", cfg_scale=1.5, guide_model="tiny", guide_ckpt=assets["weak"])
+    _sample(
+        assets,
+        tmp_path / "ag",
+        guidance="autoguidance",
+        cfg_scale=1.5,
+        guide_model="tiny",
+        guide_ckpt=assets["weak"],
+    )
     _sample(assets, tmp_path / "cfg", guidance="cfg", cfg_scale=2.0)
-    _sample(assets, tmp_path / "ag1", guidance="autoguidance", cfg_scale=1.0, guide_model="tiny", guide_ckpt=assets["weak"])
+    _sample(
+        assets,
+        tmp_path / "ag1",
+        guidance="autoguidance",
+        cfg_scale=1.0,
+        guide_model="tiny",
+        guide_ckpt=assets["weak"],
+    )
     assert not np.array_equal(_images(tmp_path / "ag")[0], plain)
     assert not np.array_equal(_images(tmp_path / "cfg")[0], plain)
     assert np.array_equal(_images(tmp_path / "ag1")[0], plain)  # scale 1: guidance is off
@@ -142,14 +160,46 @@ def test_one_and_two_processes_give_the_same_images(assets, tmp_path):
     cfg = yaml.safe_load(assets["cfg_path"].read_text())
     cfg["sampling"].update(method="dopri5", rtol=1e-2, atol=1e-4)
     cfg_path.write_text(yaml.safe_dump(cfg))
-    args = ["sample", "--config", str(cfg_path), "--model", "tiny", "--ckpt", str(assets["ckpt"]),
-            "--latents", str(assets["latents"]), "--texture-vae", str(assets["vae"])]
-    one = subprocess.run([sys.executable, "-m", "sfd", *args, "--out", str(tmp_path / "one")],
-                         env=ENV, capture_output=True, text=True, timeout=300)
+    args = [
+        "sample",
+        "--config",
+        str(cfg_path),
+        "--model",
+        "tiny",
+        "--ckpt",
+        str(assets["ckpt"]),
+        "--latents",
+        str(assets["latents"]),
+        "--texture-vae",
+        str(assets["vae"]),
+    ]
+    one = subprocess.run(
+        [sys.executable, "-m", "sfd", *args, "--out", str(tmp_path / "one")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "sfd", *args, "--out", str(tmp_path / "two")],
-                         env=ENV, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "sfd",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = _images(tmp_path / "one"), _images(tmp_path / "two")
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
@@ -182,16 +232,29 @@ def test_texture_only_baseline_trains_on_texture_channels_and_decodes(assets, tm
     cfg = yaml.safe_load(assets["cfg_path"].read_text())
     model = cfg["models"]["tiny"]["model"]
     model.update(in_chans=8, semantic_chans=0, semfirst_delta_t=0.0)
-    with pytest.raises(ConfigError, match=r"models.tiny.model.in_chans: 8, but .* gives 4 channels \(4 texture\)"):
+    with pytest.raises(
+        ConfigError, match=r"models.tiny.model.in_chans: 8, but .* gives 4 channels \(4 texture\)"
+    ):
         train(validate(cfg, "experiment"), "tiny", assets["latents"], tmp_path / "bad")
     model["in_chans"] = 4
     cfg_path = tmp_path / "texture.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     run = train_tiny(cfg_path, assets["latents"], tmp_path / "run", until=2)
     state = torch.load(run / "ema" / "0000002.pt", weights_only=True)["ema"]
-    assert state["x_embedder.proj.weight"].shape[1] == 4 and any(k.startswith("repa_projector") for k in state)
+    assert state["x_embedder.proj.weight"].shape[1] == 4 and any(
+        k.startswith("repa_projector") for k in state
+    )
     out = tmp_path / "samples"
-    assert sample(validate(cfg, "experiment"), "tiny", run / "ema" / "0000002.pt", assets["latents"],
-                  assets["vae"], out) == 0
+    assert (
+        sample(
+            validate(cfg, "experiment"),
+            "tiny",
+            run / "ema" / "0000002.pt",
+            assets["latents"],
+            assets["vae"],
+            out,
+        )
+        == 0
+    )
     images, _ = _images(out)
     assert images.shape == (24, 16, 16, 3) and images.std() > 0

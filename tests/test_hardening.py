@@ -19,13 +19,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from engine_fixtures import (
+    ENV,
+    make_latents,
+    make_texture_vae,
+    plant_leftovers,  # noqa: F401
+    tiny_experiment,
+    train_tiny,
+)
 
 from sfd import cli
 from sfd import io as sio
 from sfd.io import LockedError, OutputError, atomic_path, directory_lock, sweep_temps, torch_save, write_json
-
-from engine_fixtures import (ENV, make_latents, make_texture_vae, one_thread, plant_leftovers,  # noqa: F401
-                             tiny_experiment, train_tiny)
 
 
 @pytest.fixture(autouse=True)
@@ -40,8 +45,10 @@ def keep_pytest_logging():
 
 def tree(root: Path) -> dict:
     """{relative path: (size, mtime_ns) of a file, None for a folder} of everything under `root`."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else None
+        for p in sorted(root.rglob("*"))
+    }
 
 
 # ----------------------------------------------------------------------------
@@ -59,7 +66,8 @@ def test_atomic_writes_respect_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == dict.fromkeys(
-        ["m.json", "s.npz", "c.pt"], mode)
+        ["m.json", "s.npz", "c.pt"], mode
+    )
 
 
 def _enospc(*args, **kwargs):
@@ -139,8 +147,12 @@ with directory_lock(sys.argv[1]):
 
 def test_lock_refuses_a_second_run_naming_the_holder_and_a_killed_holder_never_blocks(tmp_path):
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE, text=True,
-                              env={**ENV, "PYTHONPATH": os.pathsep.join(sys.path)})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**ENV, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(LockedError, match=rf"run: in use by pid {holder.pid} on .*; wait for that run"):
@@ -178,8 +190,10 @@ def assets(tmp_path_factory):
     latents = make_latents(root / "latents")
     cfg = tiny_experiment(sampling={"method": "euler", "num_steps": 2})
     cfg["data"]["image_size"] = 16
-    cfg["models"]["other"] = {**cfg["models"]["tiny"], "model": {**cfg["models"]["tiny"]["model"],
-                                                                  "model_type": "LightningDiT-T/1"}}
+    cfg["models"]["other"] = {
+        **cfg["models"]["tiny"],
+        "model": {**cfg["models"]["tiny"]["model"], "model_type": "LightningDiT-T/1"},
+    }
     (root / "exp.yaml").write_text(yaml.safe_dump(cfg))
     train_tiny(root / "exp.yaml", latents, root / "run", until=2)
     make_texture_vae(root / "vae.pt")
@@ -199,17 +213,30 @@ def assets(tmp_path_factory):
     shard = corrupt / "bad_shard" / "shard-00000.safetensors"
     shard.write_bytes(shard.read_bytes()[:1000])
     (corrupt / "samples").mkdir()
-    (corrupt / "samples" / "index.json").write_text(json.dumps(
-        {"num_samples": 4, "num_classes": 4, "image_shape": [16, 16, 3],
-         "shards": [{"file": "shard-00000.npz", "start": 0, "stop": 4}]}))
+    (corrupt / "samples" / "index.json").write_text(
+        json.dumps(
+            {
+                "num_samples": 4,
+                "num_classes": 4,
+                "image_shape": [16, 16, 3],
+                "shards": [{"file": "shard-00000.npz", "start": 0, "stop": 4}],
+            }
+        )
+    )
     (corrupt / "samples" / "shard-00000.npz").write_bytes(b"PK\x03\x04 torn")
     (root / "a_file").write_text("")
     return root
 
 
 P = Path  # a path under the asset root
-SAMPLE = {"model": "tiny", "ckpt": P("run/ema/0000002.pt"), "latents": P("latents"),
-          "texture_vae": P("vae.pt"), "out": P("out"), "num_samples": "8"}
+SAMPLE = {
+    "model": "tiny",
+    "ckpt": P("run/ema/0000002.pt"),
+    "latents": P("latents"),
+    "texture_vae": P("vae.pt"),
+    "out": P("out"),
+    "num_samples": "8",
+}
 TRAIN = {"model": "tiny", "latents": P("latents"), "run_dir": P("out"), "until_step": "1"}
 EXTRACT = {"data": P("toy.npz"), "texture_vae": P("vae.pt"), "semvae": P("nope.pt"), "out": P("out")}
 
@@ -227,46 +254,96 @@ def _sample_args(root, out, **flags):
 
 
 BAD_INPUTS = {  # id -> (command, flags, text the one line must hold)
-    "sample/truncated-ckpt": ("sample", {**SAMPLE, "ckpt": P("corrupt/trunc.pt")},
-                              "trunc.pt: not a readable torch"),
-    "sample/text-ckpt": ("sample", {**SAMPLE, "ckpt": P("corrupt/text.pt")},
-                         "text.pt: not a readable torch checkpoint (unpickling failed"),
-    "sample/ckpt-of-another-size": ("sample", {**SAMPLE, "model": "other"},
-                                    "0000002.pt (models.other): architecture mismatch"),
+    "sample/truncated-ckpt": (
+        "sample",
+        {**SAMPLE, "ckpt": P("corrupt/trunc.pt")},
+        "trunc.pt: not a readable torch",
+    ),
+    "sample/text-ckpt": (
+        "sample",
+        {**SAMPLE, "ckpt": P("corrupt/text.pt")},
+        "text.pt: not a readable torch checkpoint (unpickling failed",
+    ),
+    "sample/ckpt-of-another-size": (
+        "sample",
+        {**SAMPLE, "model": "other"},
+        "0000002.pt (models.other): architecture mismatch",
+    ),
     "sample/missing-ckpt": ("sample", {**SAMPLE, "ckpt": P("nope.pt")}, "nope.pt: no such file"),
-    "sample/truncated-vae": ("sample", {**SAMPLE, "texture_vae": P("corrupt/trunc.pt")},
-                             "trunc.pt: not a readable"),
-    "sample/latents-without-stats": ("sample", {**SAMPLE, "latents": P("corrupt")},
-                                     "latents_stats.pt: missing"),
+    "sample/truncated-vae": (
+        "sample",
+        {**SAMPLE, "texture_vae": P("corrupt/trunc.pt")},
+        "trunc.pt: not a readable",
+    ),
+    "sample/latents-without-stats": (
+        "sample",
+        {**SAMPLE, "latents": P("corrupt")},
+        "latents_stats.pt: missing",
+    ),
     "sample/unknown-model": ("sample", {**SAMPLE, "model": "nope"}, "models.nope: no such model"),
-    "sample/out-under-a-file": ("sample", {**SAMPLE, "out": P("a_file/out")},
-                                "a_file/out: cannot write here"),
-    "train/latents-without-index": ("train", {**TRAIN, "latents": P("corrupt/no_index")},
-                                    "no_index/index.json: missing"),
-    "train/corrupt-latent-shard": ("train", {**TRAIN, "latents": P("corrupt/bad_shard")},
-                                   "bad_shard/shard-00000.safetensors: unreadable shard"),
+    "sample/out-under-a-file": (
+        "sample",
+        {**SAMPLE, "out": P("a_file/out")},
+        "a_file/out: cannot write here",
+    ),
+    "train/latents-without-index": (
+        "train",
+        {**TRAIN, "latents": P("corrupt/no_index")},
+        "no_index/index.json: missing",
+    ),
+    "train/corrupt-latent-shard": (
+        "train",
+        {**TRAIN, "latents": P("corrupt/bad_shard")},
+        "bad_shard/shard-00000.safetensors: unreadable shard",
+    ),
     "train/missing-latents": ("train", {**TRAIN, "latents": P("nope")}, "nope/index.json: missing"),
     "train/unknown-model": ("train", {**TRAIN, "model": "nope"}, "models.nope"),
-    "train/run-dir-under-a-file": ("train", {**TRAIN, "run_dir": P("a_file/run")},
-                                   "a_file/run: cannot write here"),
-    "train-tokenizer/truncated-npz": ("train-tokenizer", {"data": P("corrupt/trunc.npz"), "out": P("o.pt")},
-                                      "trunc.npz: not a readable npz"),
-    "extract-latents/truncated-npz": ("extract-latents", {**EXTRACT, "data": P("corrupt/trunc.npz")},
-                                      "trunc.npz: not a readable npz"),
+    "train/run-dir-under-a-file": (
+        "train",
+        {**TRAIN, "run_dir": P("a_file/run")},
+        "a_file/run: cannot write here",
+    ),
+    "train-tokenizer/truncated-npz": (
+        "train-tokenizer",
+        {"data": P("corrupt/trunc.npz"), "out": P("o.pt")},
+        "trunc.npz: not a readable npz",
+    ),
+    "extract-latents/truncated-npz": (
+        "extract-latents",
+        {**EXTRACT, "data": P("corrupt/trunc.npz")},
+        "trunc.npz: not a readable npz",
+    ),
     "extract-latents/missing-semvae": ("extract-latents", EXTRACT, "nope.pt: no such file"),
     "extract-features/truncated-encoder": (
-        "extract-features", {"data": P("toy.npz"), "encoder": P("corrupt/trunc.pt"), "out": P("out")},
-        "trunc.pt: not a readable encoder weights file"),
-    "train-semvae/features-without-index": ("train-semvae", {"features": P("corrupt"), "out": P("o.pt")},
-                                            "corrupt/index.json: no features"),
-    "latent-stats/latents-without-index": ("latent-stats", {"latents": P("corrupt/no_index")},
-                                           "no_index/index.json: missing"),
-    "pack/no-index": ("pack", {"samples": P("corrupt"), "out": P("o.npz")},
-                      "corrupt/index.json: no sample index"),
-    "pack/torn-shard": ("pack", {"samples": P("corrupt/samples"), "out": P("o.npz")},
-                        "shard-00000.npz: unreadable sample shard"),
-    "pack/out-under-a-file": ("pack", {"samples": P("corrupt/samples"), "out": P("a_file/o.npz")},
-                              "a_file/o.npz: cannot write here"),
+        "extract-features",
+        {"data": P("toy.npz"), "encoder": P("corrupt/trunc.pt"), "out": P("out")},
+        "trunc.pt: not a readable encoder weights file",
+    ),
+    "train-semvae/features-without-index": (
+        "train-semvae",
+        {"features": P("corrupt"), "out": P("o.pt")},
+        "corrupt/index.json: no features",
+    ),
+    "latent-stats/latents-without-index": (
+        "latent-stats",
+        {"latents": P("corrupt/no_index")},
+        "no_index/index.json: missing",
+    ),
+    "pack/no-index": (
+        "pack",
+        {"samples": P("corrupt"), "out": P("o.npz")},
+        "corrupt/index.json: no sample index",
+    ),
+    "pack/torn-shard": (
+        "pack",
+        {"samples": P("corrupt/samples"), "out": P("o.npz")},
+        "shard-00000.npz: unreadable sample shard",
+    ),
+    "pack/out-under-a-file": (
+        "pack",
+        {"samples": P("corrupt/samples"), "out": P("a_file/o.npz")},
+        "a_file/o.npz: cannot write here",
+    ),
 }
 
 
@@ -283,13 +360,20 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(assets, case, capsys):
 
 
 def test_pack_refuses_a_full_disk_before_writing_and_never_dies_of_sigbus(assets, tmp_path, monkeypatch):
-    from sfd.generate import sample
     from sfd.config import validate
+    from sfd.generate import sample
     from sfd.pack import pack
 
     cfg = validate(yaml.safe_load((assets / "exp.yaml").read_text()), "experiment")
-    sample(cfg, "tiny", assets / "run" / "ema" / "0000002.pt", assets / "latents", assets / "vae.pt",
-           tmp_path / "s", num_samples=8)
+    sample(
+        cfg,
+        "tiny",
+        assets / "run" / "ema" / "0000002.pt",
+        assets / "latents",
+        assets / "vae.pt",
+        tmp_path / "s",
+        num_samples=8,
+    )
     usage = sio.shutil.disk_usage(tmp_path)
     monkeypatch.setattr(sio.shutil, "disk_usage", lambda p: usage._replace(free=1000))
     with pytest.raises(OutputError, match=r"out\.npz: needs 76\.1 KiB, only 1000 B free"):
@@ -304,8 +388,11 @@ def test_pack_refuses_a_full_disk_before_writing_and_never_dies_of_sigbus(assets
     (tmp_path / "out" / ".other.npz.x.sfd-tmp.npz").write_bytes(b"another target's: not ours to sweep")
     pack(tmp_path / "s", tmp_path / "out" / "out.npz", seed=1, grid=None, rows=1, per_class=1)
     # a shared directory: only out.npz's temporary files are pack's to remove
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".other.npz.x.sfd-tmp.npz", ".tmpAb12Cd",
-                                                                     "out.npz"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        ".other.npz.x.sfd-tmp.npz",
+        ".tmpAb12Cd",
+        "out.npz",
+    ]
 
 
 # ----------------------------------------------------------------------------
@@ -359,8 +446,9 @@ def test_sample_killed_at_random_moments_resumes_bit_equal_with_no_leftovers(ass
     for path in reference.glob("shard-*.npz"):
         assert path.read_bytes() == (out / path.name).read_bytes(), path.name
     index = {k: v for k, v in json.loads((out / "index.json").read_text()).items() if not k.endswith("_path")}
-    assert index == {k: v for k, v in json.loads((reference / "index.json").read_text()).items()
-                     if not k.endswith("_path")}
+    assert index == {
+        k: v for k, v in json.loads((reference / "index.json").read_text()).items() if not k.endswith("_path")
+    }
 
 
 def test_launch_never_wipes_the_directory_of_a_running_command(tmp_path):
@@ -387,8 +475,20 @@ def test_train_killed_at_random_moments_resumes_bit_equal_with_no_leftovers(asse
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
     assert train(validate(cfg, "experiment"), "tiny", assets / "latents", tmp_path / "reference") == 0
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "sfd", "train", "--config", str(tmp_path / "exp.yaml"), "--model", "tiny",
-           "--latents", str(assets / "latents"), "--run-dir", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sfd",
+        "train",
+        "--config",
+        str(tmp_path / "exp.yaml"),
+        "--model",
+        "tiny",
+        "--latents",
+        str(assets / "latents"),
+        "--run-dir",
+        str(run),
+    ]
     rng = random.Random(5)
     for _ in range(2):
         proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -101,13 +101,33 @@ def test_offline_mode_and_unreachable_hub(hub, tmp_path, monkeypatch):
 def test_fetch_weights_cli_reads_repo_and_file_from_config(hub, tmp_path):
     hub.files["/org/vae/resolve/abc/ae.ckpt"] = PAYLOAD
     config = tmp_path / "exp.yaml"
-    config.write_text(yaml.safe_dump({"name": "x", "texture_vae": {"pretrained": {
-        "repo_id": "org/vae", "filename": "ae.ckpt", "revision": "abc",
-        "sha256": hashlib.sha256(PAYLOAD).hexdigest()}}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "x",
+                "texture_vae": {
+                    "pretrained": {
+                        "repo_id": "org/vae",
+                        "filename": "ae.ckpt",
+                        "revision": "abc",
+                        "sha256": hashlib.sha256(PAYLOAD).hexdigest(),
+                    }
+                },
+            }
+        )
+    )
     out = tmp_path / "w" / "ae.ckpt"
-    assert cli.main(["fetch-weights", "--config", str(config), "--key", "texture_vae.pretrained", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            ["fetch-weights", "--config", str(config), "--key", "texture_vae.pretrained", "--out", str(out)]
+        )
+        == 0
+    )
     assert Path(out).read_bytes() == PAYLOAD
-    assert cli.main(["fetch-weights", "--config", str(config), "--key", "texture_vae.nope", "--out", str(out)]) == 2
+    assert (
+        cli.main(["fetch-weights", "--config", str(config), "--key", "texture_vae.nope", "--out", str(out)])
+        == 2
+    )
 
 
 def test_download_sizes_come_from_the_hub_online_and_from_the_config_offline(hub, tmp_path):
@@ -115,17 +135,29 @@ def test_download_sizes_come_from_the_hub_online_and_from_the_config_offline(hub
 
     hub.files["/org/vae/resolve/main/ae.ckpt"] = PAYLOAD
     hub.files["/assets/graph.pb"] = b"g" * 1000
-    files = [hub_file("fetch_tokenizer", "out/ae.ckpt", "org/vae", "ae.ckpt"),
-             Download("fetch_eval_assets", f"{hub.url}/assets/graph.pb", "out/graph.pb"),
-             hub_file("fetch_released", "out/gone.pt", "org/sfd", "gone.pt")]
+    files = [
+        hub_file("fetch_tokenizer", "out/ae.ckpt", "org/vae", "ae.ckpt"),
+        Download("fetch_eval_assets", f"{hub.url}/assets/graph.pb", "out/graph.pb"),
+        hub_file("fetch_released", "out/gone.pt", "org/sfd", "gone.pt"),
+    ]
     configured = {"hf://org/vae/ae.ckpt": 5, "hf://org/sfd/gone.pt": 7}
     online = sized(files, configured, online=True)
-    assert [(size, origin) for _, size, origin in online] == [(len(PAYLOAD), "hub"), (1000, "server"), (7, "config")]
+    assert [(size, origin) for _, size, origin in online] == [
+        (len(PAYLOAD), "hub"),
+        (1000, "server"),
+        (7, "config"),
+    ]
     offline = sized(files, configured, online=False)
-    assert [(size, origin) for _, size, origin in offline] == [(5, "config"), (None, "unknown"), (7, "config")]
+    assert [(size, origin) for _, size, origin in offline] == [
+        (5, "config"),
+        (None, "unknown"),
+        (7, "config"),
+    ]
     assert not hub.gets()  # sizes never download anything
     text = report(offline)
-    assert "hf://org/vae/ae.ckpt -> out/ae.ckpt" in text and text.endswith("(+ 1 file(s) of unknown size: set download_sizes)")
+    assert "hf://org/vae/ae.ckpt -> out/ae.ckpt" in text and text.endswith(
+        "(+ 1 file(s) of unknown size: set download_sizes)"
+    )
 
 
 def test_fetched_encoder_file_loads_as_timm_loads_its_hub_weights(hub, tmp_path):
@@ -136,25 +168,45 @@ def test_fetched_encoder_file_loads_as_timm_loads_its_hub_weights(hub, tmp_path)
 
     from sfd.semantic.encoder import load_encoder
 
-    section = {"timm_model": "vit_base_patch14_reg4_dinov2.lvd142m", "img_size": 56,
-               "timm_kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2},
-               "weights": {"repo_id": "timm/dinov2-tiny", "filename": "model.safetensors"}}
+    section = {
+        "timm_model": "vit_base_patch14_reg4_dinov2.lvd142m",
+        "img_size": 56,
+        "timm_kwargs": {"embed_dim": 32, "depth": 2, "num_heads": 2},
+        "weights": {"repo_id": "timm/dinov2-tiny", "filename": "model.safetensors"},
+    }
     torch.manual_seed(0)
-    published = timm.create_model(section["timm_model"], pretrained=False, num_classes=0, **section["timm_kwargs"])
+    published = timm.create_model(
+        section["timm_model"], pretrained=False, num_classes=0, **section["timm_kwargs"]
+    )
     save_file(published.state_dict(), tmp_path / "published.safetensors")  # timm's Hub layout (518 px table)
-    hub.files["/timm/dinov2-tiny/resolve/main/model.safetensors"] = (tmp_path / "published.safetensors").read_bytes()
+    hub.files["/timm/dinov2-tiny/resolve/main/model.safetensors"] = (
+        tmp_path / "published.safetensors"
+    ).read_bytes()
     config = tmp_path / "exp.yaml"
     config.write_text(yaml.safe_dump({"name": "x", "semantic_encoder": section}))
     out = tmp_path / "semantic" / "encoder.safetensors"
-    assert cli.main(["fetch-weights", "--config", str(config), "--key", "semantic_encoder.weights", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            ["fetch-weights", "--config", str(config), "--key", "semantic_encoder.weights", "--out", str(out)]
+        )
+        == 0
+    )
     from sfd.config import load_experiment
 
     encoder = load_encoder(load_experiment(config)["semantic_encoder"], out)
-    reference = timm.create_model(section["timm_model"], pretrained=True, num_classes=0, img_size=56,
-                                  pretrained_cfg_overlay={"file": str(out)}, **section["timm_kwargs"]).eval()
+    reference = timm.create_model(
+        section["timm_model"],
+        pretrained=True,
+        num_classes=0,
+        img_size=56,
+        pretrained_cfg_overlay={"file": str(out)},
+        **section["timm_kwargs"],
+    ).eval()
     for module in reference.modules():
         if hasattr(module, "fused_attn"):
             module.fused_attn = False
     x = torch.rand(2, 3, 56, 56)
     with torch.no_grad():
-        assert torch.equal(encoder.features(x), reference.forward_features(x)[:, reference.num_prefix_tokens:])
+        assert torch.equal(
+            encoder.features(x), reference.forward_features(x)[:, reference.num_prefix_tokens :]
+        )

@@ -11,20 +11,35 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from engine_fixtures import hidden_files, plant_leftovers
 from PIL import Image
 
 import sfd.latents.extract as extract
 from sfd.data.images import BadImageError, ImageDataset, to_tensor
 from sfd.data.toy import save_npz
-from sfd.latents import (LatentDataset, compute_stats, denormalize_texture, flip_coin, load_stats, normalize,
-                         read_index, write_index, write_shard)
+from sfd.latents import (
+    LatentDataset,
+    compute_stats,
+    denormalize_texture,
+    flip_coin,
+    load_stats,
+    normalize,
+    read_index,
+    write_index,
+    write_shard,
+)
 from sfd.latents.stats import sample_rows
 from sfd.tokenizers import TextureVAE
 
-from engine_fixtures import hidden_files, plant_leftovers
-
-TOY_VAE = {"ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [], "z_channels": 4,
-           "resolution": 32, "norm_groups": 8}
+TOY_VAE = {
+    "ch": 32,
+    "ch_mult": [1, 2, 2],
+    "num_res_blocks": 1,
+    "attn_resolutions": [],
+    "z_channels": 4,
+    "resolution": 32,
+    "norm_groups": 8,
+}
 
 
 class FakeEncoder(torch.nn.Module):
@@ -81,13 +96,20 @@ def test_extraction_layout_and_flipped_copies(toy_npz, tmp_path):
     assert index["keys"]["latents"] == {"dtype": "F32", "shape": [4, 8, 8]}
     assert index["keys"]["latents_sv_flip"] == {"dtype": "F32", "shape": [3, 8, 8]}
     assert index["keys"]["feats"] == {"dtype": "F16", "shape": [64, 6]}
-    assert sorted(p.name for p in (tmp_path / "lat").iterdir()) == ["index.json"] + [s["file"] for s in index["shards"]]
+    assert sorted(p.name for p in (tmp_path / "lat").iterdir()) == ["index.json"] + [
+        s["file"] for s in index["shards"]
+    ]
 
     from safetensors.torch import load_file
 
     shard = load_file(tmp_path / "lat" / "shard-00000.safetensors")
     images = ImageDataset(toy_npz, 32)
-    assert shard["labels"].tolist() == images.labels[:4].tolist() and shard["indices"].tolist() == [0, 1, 2, 3]
+    assert shard["labels"].tolist() == images.labels[:4].tolist() and shard["indices"].tolist() == [
+        0,
+        1,
+        2,
+        3,
+    ]
     # Re-encode shard 0 by hand with the documented per-shard seeds: batches of 3, flipped IMAGE appended.
     vae, encoder, semvae = models()
     tex_seed, sem_seed = extract.shard_seeds(5, 0)
@@ -98,12 +120,14 @@ def test_extraction_layout_and_flipped_copies(toy_npz, tmp_path):
         out = extract.encode_batch(torch.cat([x, x.flip(-1)]), vae, encoder, semvae, tex_gen, sem_gen)
         for key, value in out.items():
             expected.setdefault(key, []).append(value[: len(batch)])
-            expected.setdefault(key + "_flip", []).append(value[len(batch):])
+            expected.setdefault(key + "_flip", []).append(value[len(batch) :])
     for key, parts in expected.items():
         assert torch.equal(shard[key], torch.cat(parts)), key
     flipped_tokens = encoder.tokens(to_tensor(images.array(1)[:, ::-1].copy())[None]).half()
     assert torch.equal(shard["feats_flip"][1], flipped_tokens[0])
-    assert not torch.allclose(shard["latents_flip"], shard["latents"].flip(-1), atol=1e-2)  # not a flipped latent
+    assert not torch.allclose(
+        shard["latents_flip"], shard["latents"].flip(-1), atol=1e-2
+    )  # not a flipped latent
 
 
 def test_killed_extraction_resumes_to_identical_bytes(toy_npz, tmp_path, monkeypatch):
@@ -118,7 +142,10 @@ def test_killed_extraction_resumes_to_identical_bytes(toy_npz, tmp_path, monkeyp
     monkeypatch.setattr(extract, "extract_shard", dies_at_shard_2)
     with pytest.raises(KeyboardInterrupt):
         run(toy_npz, tmp_path / "resumed")
-    assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == ["shard-00000.safetensors", "shard-00001.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == [
+        "shard-00000.safetensors",
+        "shard-00001.safetensors",
+    ]
     with pytest.raises(FileNotFoundError, match="extraction has not finished"):
         read_index(tmp_path / "resumed")
     # what a kill can also leave: a torn shard (a disk error) and the temporary files of a save
@@ -127,12 +154,18 @@ def test_killed_extraction_resumes_to_identical_bytes(toy_npz, tmp_path, monkeyp
     plant_leftovers(tmp_path / "resumed", "shard-00002.safetensors")
     monkeypatch.setattr(extract, "extract_shard", real)
     done = []
-    monkeypatch.setattr(extract, "extract_shard", lambda images, shard, *a, **k: done.append(shard) or real(images, shard, *a, **k))
+    monkeypatch.setattr(
+        extract,
+        "extract_shard",
+        lambda images, shard, *a, **k: done.append(shard) or real(images, shard, *a, **k),
+    )
     run(toy_npz, tmp_path / "resumed")
     assert done == [1, 2]  # only the unfinished and the torn shard were redone
     assert shard_bytes(tmp_path / "resumed") == shard_bytes(tmp_path / "ref")
     assert hidden_files(tmp_path / "resumed") == []
-    with pytest.raises(ValueError, match=r"shard-00000.safetensors: written with .*'seed': 5.*use another --out"):
+    with pytest.raises(
+        ValueError, match=r"shard-00000.safetensors: written with .*'seed': 5.*use another --out"
+    ):
         run(toy_npz, tmp_path / "resumed", seed=6)
     with pytest.raises(ValueError, match=r"'texture_vae': None.*'texture_vae': 'ab12'"):  # another model
         run(toy_npz, tmp_path / "resumed", provenance={"texture_vae": "ab12"})
@@ -149,8 +182,14 @@ def test_flip_false_and_spatial_mismatch(toy_npz, tmp_path):
             return z[..., :4, :4], kl
 
     with pytest.raises(ValueError, match=r"texture latents are \[4, 8, 8\] but semantic latents \[3, 4, 4\]"):
-        extract.extract_latents(ImageDataset(toy_npz, 32), (vae, encoder, WrongGrid()), tmp_path / "bad",
-                                shard_size=4, batch_size=4, seed=0)
+        extract.extract_latents(
+            ImageDataset(toy_npz, 32),
+            (vae, encoder, WrongGrid()),
+            tmp_path / "bad",
+            shard_size=4,
+            batch_size=4,
+            seed=0,
+        )
 
 
 def test_bad_image_error_or_skip(tmp_path, caplog):
@@ -163,7 +202,11 @@ def test_bad_image_error_or_skip(tmp_path, caplog):
     with pytest.raises(BadImageError, match="3.JPEG"):
         run(folder, tmp_path / "err")
     index = run(folder, tmp_path / "skip", on_bad_image="skip")  # shard 1 = [3.JPEG] only: left empty
-    assert index["num_items"] == 4 and index["num_skipped"] == 1 and [s["count"] for s in index["shards"]] == [4, 0]
+    assert (
+        index["num_items"] == 4
+        and index["num_skipped"] == 1
+        and [s["count"] for s in index["shards"]] == [4, 0]
+    )
     assert str(broken) in index["shards"][1]["skipped"][0]
     assert str(broken) in caplog.text
     compute_stats(tmp_path / "skip", samples=4, seed=0)
@@ -175,10 +218,16 @@ def test_bad_image_error_or_skip(tmp_path, caplog):
 def synthetic_latents(directory, n=30, flip=True):
     g = torch.Generator().manual_seed(1)
     tex, sem = torch.randn(n, 4, 2, 2, generator=g) * 3 + 2, torch.randn(n, 2, 2, 2, generator=g) * 0.5 - 1
-    tensors = {"latents": tex, "latents_sv": sem, "feats": torch.randn(n, 4, 5, generator=g).half(),
-               "labels": torch.arange(n) % 3}
+    tensors = {
+        "latents": tex,
+        "latents_sv": sem,
+        "feats": torch.randn(n, 4, 5, generator=g).half(),
+        "labels": torch.arange(n) % 3,
+    }
     if flip:
-        tensors.update({"latents_flip": tex + 100, "latents_sv_flip": sem + 100, "feats_flip": tensors["feats"] + 1})
+        tensors.update(
+            {"latents_flip": tex + 100, "latents_sv_flip": sem + 100, "feats_flip": tensors["feats"] + 1}
+        )
     write_shard(directory, 0, {k: v[:12] for k, v in tensors.items()})
     write_shard(directory, 1, {k: v[12:] for k, v in tensors.items()})
     write_index(directory)
@@ -201,13 +250,17 @@ def test_stats_are_seeded_and_exact(tmp_path):
 
 
 def test_released_stats_format_and_errors(tmp_path):
-    torch.save({"mean": torch.zeros(1, 32, 1, 1), "std": torch.ones(1, 32, 1, 1)}, tmp_path / "latents_stats.pt")
+    torch.save(
+        {"mean": torch.zeros(1, 32, 1, 1), "std": torch.ones(1, 32, 1, 1)}, tmp_path / "latents_stats.pt"
+    )
     with pytest.raises(FileNotFoundError, match="latents_sv_stats.pt: missing"):
         load_stats(tmp_path)
     torch.save({"mean": torch.zeros(16), "std": torch.ones(16)}, tmp_path / "latents_sv_stats.pt")
     with pytest.raises(ValueError, match=r"latents_sv_stats.pt: mean/std must be \[1, C, 1, 1\]"):
         load_stats(tmp_path)
-    torch.save({"mean": torch.zeros(1, 16, 1, 1), "std": torch.ones(1, 16, 1, 1)}, tmp_path / "latents_sv_stats.pt")
+    torch.save(
+        {"mean": torch.zeros(1, 16, 1, 1), "std": torch.ones(1, 16, 1, 1)}, tmp_path / "latents_sv_stats.pt"
+    )
     assert load_stats(tmp_path).tex_channels == 32
 
 
@@ -217,7 +270,12 @@ def test_latent_dataset_normalisation_round_trip_and_coin(tmp_path):
     ds = LatentDataset(tmp_path, multiplier=0.5, seed=7)
     assert len(ds) == 30
     x1, label, feats = ds[13]
-    assert x1.dtype == torch.float32 and x1.shape == (6, 2, 2) and label.dtype == torch.int64 and feats.shape == (4, 5)
+    assert (
+        x1.dtype == torch.float32
+        and x1.shape == (6, 2, 2)
+        and label.dtype == torch.int64
+        and feats.shape == (4, 5)
+    )
     flip = flip_coin(7, 0, 13)
     tex = tensors["latents"][13] + (100 if flip else 0)
     assert torch.equal(x1[:4], (tex - stats.tex_mean[0]) / stats.tex_std[0] * 0.5)
@@ -262,7 +320,8 @@ def test_two_ranks_write_the_same_directory_as_one(toy_npz, tmp_path):
     finally:
         torch.set_num_threads(threads)
     script = tmp_path / "ranks.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys, torch
         sys.path.insert(0, {str(os.path.dirname(__file__))!r})
         from test_latents import run, models
@@ -270,8 +329,21 @@ def test_two_ranks_write_the_same_directory_as_one(toy_npz, tmp_path):
         dist.init("cpu")
         run({str(toy_npz)!r}, {str(tmp_path / "multi")!r})
         dist.cleanup()
-    """))
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-                    str(script)], check=True, timeout=300)
+    """)
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            str(script),
+        ],
+        check=True,
+        timeout=300,
+    )
     assert shard_bytes(tmp_path / "multi") == shard_bytes(tmp_path / "single")
     assert json.loads((tmp_path / "multi" / "index.json").read_text())["num_items"] == 10

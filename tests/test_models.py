@@ -97,7 +97,11 @@ def test_every_size_builds_and_maps_shapes(size, patch):
 @pytest.mark.parametrize("size", list(PAPER_COUNTS))
 def test_parameter_counts_match_spec_table(size):
     model = meta_model(sfd_cfg(size))
-    core = sum(p.numel() for n, p in model.named_parameters() if n != "pos_embed" and not n.startswith("repa_projector."))
+    core = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if n != "pos_embed" and not n.startswith("repa_projector.")
+    )
     total = sum(p.numel() for p in model.parameters())
     core_m, total_m, core_exact, total_exact = PAPER_COUNTS[size]
     assert round(core / 1e6, 1) == core_m
@@ -196,7 +200,12 @@ def test_wo_shift_drops_block_shifts_only():
 
 
 def test_label_table_has_null_row_only_with_dropout():
-    assert meta_model(sfd_cfg("S", class_dropout_prob=0.0), num_classes=7).y_embedder.embedding_table.num_embeddings == 7
+    assert (
+        meta_model(
+            sfd_cfg("S", class_dropout_prob=0.0), num_classes=7
+        ).y_embedder.embedding_table.num_embeddings
+        == 7
+    )
     assert meta_model(sfd_cfg("S"), num_classes=7).y_embedder.embedding_table.num_embeddings == 8
 
 
@@ -288,8 +297,13 @@ def test_repa_tokens_come_from_block_repa_feat_depth():
 
 def test_repa_width_lookup_and_errors():
     assert meta_model(sfd_cfg("S", repa_dino_version="dinov2_vitl14")).repa_projector[4].out_features == 1024
-    assert meta_model(sfd_cfg("S", repa_dino_version="dinov2_vitg14_reg")).repa_projector[4].out_features == 1536
-    assert meta_model(sfd_cfg("S", repa_dino_version="toy_vit", repa_out_dim=48)).repa_projector[4].out_features == 48
+    assert (
+        meta_model(sfd_cfg("S", repa_dino_version="dinov2_vitg14_reg")).repa_projector[4].out_features == 1536
+    )
+    assert (
+        meta_model(sfd_cfg("S", repa_dino_version="toy_vit", repa_out_dim=48)).repa_projector[4].out_features
+        == 48
+    )
     assert meta_model(sfd_cfg("S", use_repa=False)).repa_projector is None
     with pytest.raises(ConfigError, match="repa_dino_version.*repa_out_dim"):
         meta_model(sfd_cfg("S", repa_dino_version="toy_vit"))
@@ -336,8 +350,10 @@ def test_pos_embed_first_half_encodes_column():
     for h, w in [(0, 3), (2, 1), (3, 3)]:
         row = table[h * g + w]
         expected = (
-            [math.sin(w * o) for o in omega] + [math.cos(w * o) for o in omega]
-            + [math.sin(h * o) for o in omega] + [math.cos(h * o) for o in omega]
+            [math.sin(w * o) for o in omega]
+            + [math.cos(w * o) for o in omega]
+            + [math.sin(h * o) for o in omega]
+            + [math.cos(h * o) for o in omega]
         )
         torch.testing.assert_close(row, torch.tensor(expected), rtol=0, atol=1e-7)
     model = meta_model(sfd_cfg("S"))
@@ -387,8 +403,16 @@ def test_rmsnorm_computes_in_float32_then_scales():
     assert torch.equal(out, expected)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"use_swiglu": False, "wo_shift": True}, {"semfirst_delta_t": 0.0},
-                                       {"use_checkpoint": True, "use_repa": False}, {"model_type": "LightningDiT-P/2"}])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"use_swiglu": False, "wo_shift": True},
+        {"semfirst_delta_t": 0.0},
+        {"use_checkpoint": True, "use_repa": False},
+        {"model_type": "LightningDiT-P/2"},
+    ],
+)
 def test_flops_count_every_matmul(overrides):
     """sfd.models.flops against torch's FlopCounterMode. Its CPU attention kernel is not counted,
     so the two attention products (4 T^2 D per block) are added; a backward skips the grad of
@@ -399,9 +423,23 @@ def test_flops_count_every_matmul(overrides):
     from sfd.config import validate
     from sfd.models.flops import sample_flops_per_nfe, train_flops_per_image
 
-    cfg = validate({"model_type": "LightningDiT-P/1", "in_chans": 8, "semantic_chans": 4, "semfirst_delta_t": 0.3,
-                    "use_qknorm": True, "use_swiglu": True, "use_rope": True, "use_rmsnorm": True,
-                    "use_repa": True, "repa_out_dim": 24, "repa_hidden_dim": 32, **overrides}, "model")
+    cfg = validate(
+        {
+            "model_type": "LightningDiT-P/1",
+            "in_chans": 8,
+            "semantic_chans": 4,
+            "semfirst_delta_t": 0.3,
+            "use_qknorm": True,
+            "use_swiglu": True,
+            "use_rope": True,
+            "use_rmsnorm": True,
+            "use_repa": True,
+            "repa_out_dim": 24,
+            "repa_hidden_dim": 32,
+            **overrides,
+        },
+        "model",
+    )
     torch.manual_seed(0)
     model = build_model(cfg, num_classes=10, input_size=8)
     depth, width, _ = MODEL_SIZES["P"]
@@ -416,4 +454,6 @@ def test_flops_count_every_matmul(overrides):
     with FlopCounterMode(display=False) as counter:
         out = model.train()(x, t, y)
         sum(o.sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
-    assert train_flops_per_image(cfg, 8) == pytest.approx(counter.get_total_flops() / 3 + 3 * attention, rel=0.02)
+    assert train_flops_per_image(cfg, 8) == pytest.approx(
+        counter.get_total_flops() / 3 + 3 * attention, rel=0.02
+    )

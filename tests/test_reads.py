@@ -30,8 +30,11 @@ def test_view_allows_declared_keys_only(tmp_path):
     view["models"]["big"]["model"]["model_type"] = "changed"  # a private copy
     assert cfg["models"]["big"]["model"]["model_type"] == "LightningDiT-T/1"
     assert view.replace("seed", 7)["seed"] == 7 and view["seed"] == cfg["seed"]
-    assert reads.plain(view) == {"seed": cfg["seed"], "models": {"big": {"model": cfg["models"]["big"]["model"]}},
-                                 "sampling": {"method": "euler"}}
+    assert reads.plain(view) == {
+        "seed": cfg["seed"],
+        "models": {"big": {"model": cfg["models"]["big"]["model"]}},
+        "sampling": {"method": "euler"},
+    }
 
 
 def test_placeholders_follow_runs_and_tables(tmp_path):
@@ -50,8 +53,14 @@ def test_every_declared_key_exists(tmp_path, command):
     data = copy.deepcopy(MINI)
     data["released"] = {"repo_id": "r", "checkpoints": {"big": "b/{step:07d}.pt"}}
     cfg = load_experiment(write_config(tmp_path, data))
-    names = {"model": "big", "guide": "small", "run": "big_40_ag", "table": "table_fid", "split": "train",
-             "key": "texture_vae.arch"}
+    names = {
+        "model": "big",
+        "guide": "small",
+        "run": "big_40_ag",
+        "table": "table_fid",
+        "split": "train",
+        "key": "texture_vae.arch",
+    }
     templates = sum(reads.declared(COMMANDS[command][0]), ())
     assert templates, f"sfd {command} declares no keys"
     for key in reads.resolve(templates, cfg, names):
@@ -68,15 +77,22 @@ def test_train_declares_every_train_key():
 
 def test_undeclared_read_fails_the_command(tmp_path, monkeypatch, capsys):
     from sfd import cli
+
     monkeypatch.setattr(reads, "declared", lambda module: (("seed", "latents.released_stats"), ()))
     config = write_config(tmp_path, MINI)
     assert cli.main(["latent-stats", "--config", str(config), "--latents", str(tmp_path)]) == 2
-    assert "latents.stats_samples: `sfd latent-stats` reads this key without declaring it" in capsys.readouterr().err
+    assert (
+        "latents.stats_samples: `sfd latent-stats` reads this key without declaring it"
+        in capsys.readouterr().err
+    )
 
 
 # Rules whose name is not their command's (one command, two roles).
-RULE_COMMAND_EXCEPTIONS = {"fetch_released_stats": "latent-stats", "fetch_tokenizer": "fetch-weights",
-                           "fetch_encoder": "fetch-weights"}
+RULE_COMMAND_EXCEPTIONS = {
+    "fetch_released_stats": "latent-stats",
+    "fetch_tokenizer": "fetch-weights",
+    "fetch_encoder": "fetch-weights",
+}
 
 
 @pytest.mark.parametrize("experiment", ["config/toy.yaml", "config/paper.yaml"])
@@ -86,7 +102,9 @@ def test_rule_params_are_the_command_declaration(experiment):
     from sfd.workflow import dvc_yaml
 
     exp = matrix.load(ROOT / experiment)
-    jobs = dvc_yaml.snakemake_jobs(experiment, ROOT, ("all", "replication") if exp.cfg["replication"]["conditions"] else ())
+    jobs = dvc_yaml.snakemake_jobs(
+        experiment, ROOT, ("all", "replication") if exp.cfg["replication"]["conditions"] else ()
+    )
     assert jobs
     for job in jobs:
         command = re.findall(r"\bsfd ([a-z-]+)", job.shellcmd)[-1]

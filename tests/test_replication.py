@@ -21,14 +21,28 @@ REPLICATION = {
     "conditions": {
         "early": {"model": "big", "step": 20},
         "late": {"model": "big", "step": 40},
-        "late_ag": {"model": "big", "step": 40,
-                    "guidance": {"kind": "autoguidance", "model": "small", "step": 5, "scale": 1.5}},
+        "late_ag": {
+            "model": "big",
+            "step": 40,
+            "guidance": {"kind": "autoguidance", "model": "small", "step": 5, "scale": 1.5},
+        },
     },
     "claims": {
-        "budget": {"title": "Budget", "paper": "longer is better", "better": "late", "than": "early", "x": "step",
-                   "curves": {"SFD": ["early", "late"], "guided": ["late_ag"]}},
-        "guidance": {"title": "Guidance", "paper": "AG helps", "better": "late_ag", "than": "late",
-                     "curves": {"T": ["late", "late_ag"]}},
+        "budget": {
+            "title": "Budget",
+            "paper": "longer is better",
+            "better": "late",
+            "than": "early",
+            "x": "step",
+            "curves": {"SFD": ["early", "late"], "guided": ["late_ag"]},
+        },
+        "guidance": {
+            "title": "Guidance",
+            "paper": "AG helps",
+            "better": "late_ag",
+            "than": "late",
+            "curves": {"T": ["late", "late_ag"]},
+        },
     },
 }
 
@@ -41,16 +55,28 @@ def mini(tmp_path, **changes):
 
 def test_seeds_become_models_and_runs(tmp_path):
     exp = matrix.load(mini(tmp_path))
-    assert exp.replication_runs() == ["early_s1", "early_s2", "late_s1", "late_s2", "late_ag_s1", "late_ag_s2"]
+    assert exp.replication_runs() == [
+        "early_s1",
+        "early_s2",
+        "late_s1",
+        "late_s2",
+        "late_ag_s1",
+        "late_ag_s2",
+    ]
     big, small = exp.cfg["models"]["big"], exp.cfg["models"]["small"]
     for seed in (1, 2):
         replica = exp.cfg["models"][f"big_s{seed}"]
         assert replica["model"] == big["model"] and replica["train"]["seed_offset"] == seed
         assert {k: v for k, v in replica["train"].items() if k != "seed_offset"} == {
-            k: v for k, v in big["train"].items() if k != "seed_offset"}
+            k: v for k, v in big["train"].items() if k != "seed_offset"
+        }
         assert exp.cfg["models"][f"small_s{seed}"]["model"] == small["model"]
         run = exp.cfg["runs"][f"late_ag_s{seed}"]
-        assert (run["model"], run["step"], run["seed"]) == (f"big_s{seed}", 40, seed)  # sampling.seed 0 + seed
+        assert (run["model"], run["step"], run["seed"]) == (
+            f"big_s{seed}",
+            40,
+            seed,
+        )  # sampling.seed 0 + seed
         assert run["guidance"]["model"] == f"small_s{seed}" and run["guidance"]["scale"] == 1.5
     assert "seed" not in exp.cfg["runs"]["big_20"]  # runs of the file keep sampling.seed
     assert exp.export_steps("big_s1") == [10, 20, 40]  # budgets and keep_steps of big
@@ -59,18 +85,42 @@ def test_seeds_become_models_and_runs(tmp_path):
 def test_replicate_keys_map_back_to_the_file(tmp_path):
     cfg = matrix.load(mini(tmp_path)).cfg
     assert matrix.origin_keys(cfg, "models.big_s2.model") == ["models.big.model", "replication.seeds"]
-    assert matrix.origin_keys(cfg, "runs.late_ag_s1") == ["replication.conditions.late_ag", "replication.seeds",
-                                                          "sampling.seed"]
+    assert matrix.origin_keys(cfg, "runs.late_ag_s1") == [
+        "replication.conditions.late_ag",
+        "replication.seeds",
+        "sampling.seed",
+    ]
     assert matrix.origin_keys(cfg, "models.big.train.lr") == ["models.big.train.lr"]
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"seeds": [1]}, "replication.seeds: an interval over seeds needs at least 2 seeds"),
-    ({"conditions": {"x": {"model": "nope", "step": 20}}}, "replication.conditions.x.model: 'nope' is not a key"),
-    ({"conditions": {"x": {"model": "big", "step": 30}}}, "replication.conditions.x.model: step 30 of 'big'"),
-    ({"claims": {"c": {"title": "t", "paper": "p", "better": "late", "than": "gone", "curves": {"a": ["late"]}}}},
-     "replication.claims.c.than: 'gone' is not a key of replication.conditions"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"seeds": [1]}, "replication.seeds: an interval over seeds needs at least 2 seeds"),
+        (
+            {"conditions": {"x": {"model": "nope", "step": 20}}},
+            "replication.conditions.x.model: 'nope' is not a key",
+        ),
+        (
+            {"conditions": {"x": {"model": "big", "step": 30}}},
+            "replication.conditions.x.model: step 30 of 'big'",
+        ),
+        (
+            {
+                "claims": {
+                    "c": {
+                        "title": "t",
+                        "paper": "p",
+                        "better": "late",
+                        "than": "gone",
+                        "curves": {"a": ["late"]},
+                    }
+                }
+            },
+            "replication.claims.c.than: 'gone' is not a key of replication.conditions",
+        ),
+    ],
+)
 def test_bad_replication_sections_name_the_key(tmp_path, change, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         matrix.load(mini(tmp_path, **change))
@@ -100,8 +150,16 @@ def write_metrics(tmp_path, exp, fid):
         for seed in exp.cfg["replication"]["seeds"]:
             path = tmp_path / "metrics" / f"{matrix.replicate(name, seed)}.json"
             path.parent.mkdir(exist_ok=True)
-            path.write_text(json.dumps({"fid": fid(name, seed), "class_acc": 0.1 * seed, "detector_kind": "toy",
-                                        "metric_label": "toy-FID"}))
+            path.write_text(
+                json.dumps(
+                    {
+                        "fid": fid(name, seed),
+                        "class_acc": 0.1 * seed,
+                        "detector_kind": "toy",
+                        "metric_label": "toy-FID",
+                    }
+                )
+            )
             paths.append(str(path))
     return paths
 
@@ -112,15 +170,31 @@ def test_report_command_writes_csv_figures_and_verdicts(tmp_path):
     base = {"early": 100.0, "late": 80.0, "late_ag": 81.0}
     paths = write_metrics(tmp_path, exp, lambda name, seed: base[name] + seed)
     out = tmp_path / "results"
-    cmd = [sys.executable, "-m", "sfd", "replication-report", "--config", str(config), "--csv", str(out / "r.csv"),
-           "--report", str(out / "r.md"), "--figures", str(out), *paths]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sfd",
+        "replication-report",
+        "--config",
+        str(config),
+        "--csv",
+        str(out / "r.csv"),
+        "--report",
+        str(out / "r.md"),
+        "--figures",
+        str(out),
+        *paths,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     with open(out / "r.csv") as f:
         rows = {r["condition"]: r for r in csv.DictReader(f)}
     assert list(rows["early"]) == list(replication.FIELDS)
     assert float(rows["early"]["fid_mean"]) == 101.5 and rows["early"]["fid_values"] == "101.0 102.0"
-    assert float(rows["late"]["class_acc_mean"]) == pytest.approx(0.15) and rows["late_ag"]["guidance"] == "autoguidance"
+    assert (
+        float(rows["late"]["class_acc_mean"]) == pytest.approx(0.15)
+        and rows["late_ag"]["guidance"] == "autoguidance"
+    )
     text = (out / "r.md").read_text()
     # the same +seed on both sides: every paired difference is exact, its interval has no width
     assert "## Budget" in text and "Verdict: **replicates**" in text
@@ -138,10 +212,20 @@ def test_report_command_writes_csv_figures_and_verdicts(tmp_path):
 
 REDUCED = {
     "seeds": [1, 2],
-    "conditions": {"ag_50": {"model": "ag_p", "step": 50, "num_samples": 200},
-                   "ag_100": {"model": "ag_p", "step": 100, "num_samples": 200}},
-    "claims": {"budget": {"title": "Budget", "paper": "longer is better", "better": "ag_100", "than": "ag_50",
-                          "x": "step", "curves": {"P": ["ag_50", "ag_100"]}}},
+    "conditions": {
+        "ag_50": {"model": "ag_p", "step": 50, "num_samples": 200},
+        "ag_100": {"model": "ag_p", "step": 100, "num_samples": 200},
+    },
+    "claims": {
+        "budget": {
+            "title": "Budget",
+            "paper": "longer is better",
+            "better": "ag_100",
+            "than": "ag_50",
+            "x": "step",
+            "curves": {"P": ["ag_50", "ag_100"]},
+        }
+    },
 }
 
 
@@ -173,7 +257,9 @@ def test_reduced_replication_builds_with_every_field(tmp_path_factory):
         assert len(set(row["fid_values"].split())) == 2  # the seeds differ (class accuracy may tie)
         assert all(0 <= float(v) <= 1 for v in row["class_acc_values"].split())
     text = (work / "results" / "replication.md").read_text()
-    assert "## Budget" in text and "- Paper: longer is better" in text and "- Measured: ag_100 toy-FID" in text
+    assert (
+        "## Budget" in text and "- Paper: longer is better" in text and "- Measured: ag_100 toy-FID" in text
+    )
     assert "- Difference d (toy-FID, > 0 favours ag_100):" in text and "## All conditions" in text
     assert any(f"Verdict: **{v}**" in text for v in replication.VERDICTS)
     assert (work / "results" / "replication_budget.png").stat().st_size > 5000

@@ -51,9 +51,14 @@ class Dag:
         self.jobs = {}
         for job in dvc_yaml.snakemake_jobs(experiment, self.work):
             outputs = list(map(str, job.output))
-            self.jobs[outputs[0]] = {"rule": job.rule.name, "stage": dvc_yaml.stage_name(job),
-                                     "keys": list(job.params.cfg), "inputs": set(map(str, job.input)),
-                                     "outputs": outputs, "directory": job.output[0].is_directory}
+            self.jobs[outputs[0]] = {
+                "rule": job.rule.name,
+                "stage": dvc_yaml.stage_name(job),
+                "keys": list(job.params.cfg),
+                "inputs": set(map(str, job.input)),
+                "outputs": outputs,
+                "directory": job.output[0].is_directory,
+            }
         for job in self.jobs.values():
             for out in job["outputs"]:
                 path = self.work / out
@@ -144,14 +149,19 @@ def test_a_changed_key_reruns_its_readers_and_their_descendants(tmp_path, experi
     chosen = _one_key_per_rule(dag, exp, raw, probe)
     # drifted before the declarations: image size and texture VAE arch re-extract the latents; the
     # statistics sample size only recomputes the statistics
-    chosen["image_size"] = ("data.image_size", _perturbed(raw, "data.image_size", exp.cfg["data"]["image_size"]))
+    chosen["image_size"] = (
+        "data.image_size",
+        _perturbed(raw, "data.image_size", exp.cfg["data"]["image_size"]),
+    )
     stats = _perturbed(raw, "latents.stats_samples", exp.cfg["latents"]["stats_samples"])
     chosen["stats_samples"] = ("latents.stats_samples", stats)
     seen = set()
     for key, data in {leaf: data for leaf, data in chosen.values()}.items():
         config.write_text(yaml.safe_dump(data, sort_keys=False))
         expected, got = dag.expected(key), dag.scheduled()
-        assert got == expected, f"{key}: scheduled {sorted(got - expected)} too many, {sorted(expected - got)} missing"
+        assert got == expected, (
+            f"{key}: scheduled {sorted(got - expected)} too many, {sorted(expected - got)} missing"
+        )
         assert expected, key
         seen |= expected
     latents = next(n for n in dag.jobs if n.endswith("latents/index.json"))
@@ -177,8 +187,14 @@ def test_dvc_status_flags_the_stages_that_declare_the_key(tmp_path):
     env = {"DVC_NO_ANALYTICS": "1"}
 
     def dvc(*args):
-        out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=work, capture_output=True, text=True,
-                             timeout=300, env={**__import__("os").environ, **env})
+        out = subprocess.run(
+            [sys.executable, "-m", "dvc", *args],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**__import__("os").environ, **env},
+        )
         assert out.returncode == 0, out.stdout + out.stderr
         return out.stdout
 

@@ -24,7 +24,9 @@ class Field(torch.nn.Module):
         self.calls = []
 
     def forward(self, x, t, y):
-        self.calls.append(dict(t=t, x=x.clone(), y=y.clone(), training=self.training, grad=torch.is_grad_enabled()))
+        self.calls.append(
+            dict(t=t, x=x.clone(), y=y.clone(), training=self.training, grad=torch.is_grad_enabled())
+        )
         t_tex, t_sem = t if isinstance(t, tuple) else (t, t)
         k = self.k(t_tex.view(-1, 1, 1, 1), t_sem.view(-1, 1, 1, 1), x)
         label = torch.where(y == self.y_embedder.num_classes, -1, y).to(x.dtype) + 1
@@ -75,7 +77,9 @@ def test_channel_mask_phases():
 def test_constant_field_reaches_closed_form(method):
     z = noise()
     stats = {}
-    out = ode_sample(Field(c=0.5), z, LABELS, delta_t=0.0, semantic_chans=SEM, method=method, num_steps=11, stats=stats)
+    out = ode_sample(
+        Field(c=0.5), z, LABELS, delta_t=0.0, semantic_chans=SEM, method=method, num_steps=11, stats=stats
+    )
     expected = z + 0.5 * (1 + LABELS.float()).view(-1, 1, 1, 1)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     fixed_nfe = {"euler": 10, "heun": 20, "midpoint": 20}
@@ -85,10 +89,19 @@ def test_constant_field_reaches_closed_form(method):
 
 def test_linear_field_dopri5_and_euler():
     z = noise()
-    out = ode_sample(Field(k=lambda a, b, x: -torch.ones_like(x)), z, LABELS, delta_t=0.0, semantic_chans=0, **TIGHT)
+    out = ode_sample(
+        Field(k=lambda a, b, x: -torch.ones_like(x)), z, LABELS, delta_t=0.0, semantic_chans=0, **TIGHT
+    )
     torch.testing.assert_close(out, z * E, rtol=1e-6, atol=1e-6)
-    out = ode_sample(Field(k=lambda a, b, x: -torch.ones_like(x)), z, LABELS, delta_t=0.0, semantic_chans=0,
-                     method="euler", num_steps=21)
+    out = ode_sample(
+        Field(k=lambda a, b, x: -torch.ones_like(x)),
+        z,
+        LABELS,
+        delta_t=0.0,
+        semantic_chans=0,
+        method="euler",
+        num_steps=21,
+    )
     torch.testing.assert_close(out, z * (1 - 1 / 20) ** 20, rtol=1e-5, atol=1e-6)
 
 
@@ -100,7 +113,11 @@ def test_three_phase_dopri5_closed_form(delta_t):
     torch.testing.assert_close(out, z * E, rtol=1e-5, atol=1e-5)
     for call in model.calls:
         t_tex, t_sem = call["t"]
-        assert (t_tex >= 0).all() and (t_sem <= 1).all() and ((t_tex == 0) | (t_sem == 1) | (t_sem - t_tex - delta_t).abs().lt(1e-6)).all()
+        assert (
+            (t_tex >= 0).all()
+            and (t_sem <= 1).all()
+            and ((t_tex == 0) | (t_sem == 1) | (t_sem - t_tex - delta_t).abs().lt(1e-6)).all()
+        )
         if t_tex[0] == 0 and t_sem[0] < delta_t:  # phase I: texture still the initial noise, exactly
             assert torch.equal(call["x"][:, :-SEM], z[:, :-SEM])
 
@@ -141,8 +158,17 @@ def test_synchronous_model_gets_plain_tensor_and_no_mask():
 
 def test_models_run_in_eval_without_grad_and_mode_is_restored():
     model, weak = Field(c=1.0).train(), Field(c=0.5).train()
-    ode_sample(model, noise(), LABELS, delta_t=0.3, semantic_chans=SEM, method="euler", num_steps=4,
-               cfg_scale=1.5, guide_model=weak)
+    ode_sample(
+        model,
+        noise(),
+        LABELS,
+        delta_t=0.3,
+        semantic_chans=SEM,
+        method="euler",
+        num_steps=4,
+        cfg_scale=1.5,
+        guide_model=weak,
+    )
     assert model.training and weak.training
     calls = model.calls + weak.calls
     assert calls and not any(c["training"] or c["grad"] for c in calls)
@@ -153,8 +179,17 @@ def test_no_guidance_at_scale_one():
     plain = ode_sample(Field(k=decay, c=0.3), z, LABELS, delta_t=0.3, semantic_chans=SEM)
     weak = Field(c=5.0)
     stats = {}
-    ag = ode_sample(Field(k=decay, c=0.3), z, LABELS, delta_t=0.3, semantic_chans=SEM, guide_model=weak,
-                    cfg_scale=1.0, cfg_scale_tex=3.0, stats=stats)
+    ag = ode_sample(
+        Field(k=decay, c=0.3),
+        z,
+        LABELS,
+        delta_t=0.3,
+        semantic_chans=SEM,
+        guide_model=weak,
+        cfg_scale=1.0,
+        cfg_scale_tex=3.0,
+        stats=stats,
+    )
     assert torch.equal(ag, plain) and not weak.calls and stats["forwards"] == stats["nfe"]
     model = Field(k=decay, c=0.3)
     cfg = ode_sample(model, z, LABELS, delta_t=0.3, semantic_chans=SEM, cfg_scale=1.0)
@@ -165,8 +200,17 @@ def test_autoguidance_closed_form_with_true_labels_and_split_scales():
     z = noise()
     strong, weak = Field(c=1.0), Field(c=0.25)
     stats = {}
-    out = ode_sample(strong, z, LABELS, delta_t=0.0, semantic_chans=SEM, cfg_scale=1.5, guide_model=weak,
-                     cfg_scale_sem=3.0, stats=stats)
+    out = ode_sample(
+        strong,
+        z,
+        LABELS,
+        delta_t=0.0,
+        semantic_chans=SEM,
+        cfg_scale=1.5,
+        guide_model=weak,
+        cfg_scale_sem=3.0,
+        stats=stats,
+    )
     label = (1 + LABELS.float()).view(-1, 1, 1, 1)
     v_tex = 0.25 * label + 1.5 * (0.75 * label)
     v_sem = 0.25 * label + 3.0 * (0.75 * label)
@@ -180,8 +224,17 @@ def test_autoguidance_closed_form_with_true_labels_and_split_scales():
 def test_cfg_doubles_batch_with_null_label(null_label):
     z = noise()
     model = Field(c=1.0, num_classes=10 if null_label is None else 42)
-    out = ode_sample(model, z, LABELS, delta_t=0.3, semantic_chans=SEM, method="euler", num_steps=12,
-                     cfg_scale=2.0, null_label=null_label)
+    out = ode_sample(
+        model,
+        z,
+        LABELS,
+        delta_t=0.3,
+        semantic_chans=SEM,
+        method="euler",
+        num_steps=12,
+        cfg_scale=2.0,
+        null_label=null_label,
+    )
     null = 10 if null_label is None else 42
     assert all(torch.equal(c["y"], torch.cat([LABELS, torch.full((3,), null)])) for c in model.calls)
     gain = 2.0 * (1 + LABELS.float()).view(-1, 1, 1, 1) * H12  # v_null = 0, so v = s·v_cond
@@ -197,23 +250,51 @@ def test_guidance_interval_start_per_branch(weak_c, mode):
     leaves out is guided at every step."""
     z = noise()
     guide_model = None if weak_c is None else Field(c=weak_c)
-    out = ode_sample(Field(c=1.0), z, LABELS, delta_t=0.3, semantic_chans=SEM, method="euler", num_steps=12,
-                     cfg_scale=2.0, cfg_interval_start=0.5, cfg_interval_mode=mode, guide_model=guide_model)
+    out = ode_sample(
+        Field(c=1.0),
+        z,
+        LABELS,
+        delta_t=0.3,
+        semantic_chans=SEM,
+        method="euler",
+        num_steps=12,
+        cfg_scale=2.0,
+        cfg_interval_start=0.5,
+        cfg_interval_mode=mode,
+        guide_model=guide_model,
+    )
     label = (1 + LABELS.float()).view(-1, 1, 1, 1)
     ref = 0.0 if weak_c is None else weak_c
     v_cond, v_guided = label, ref * label + 2.0 * (1 - ref) * label
     tex_unguided = 4 if mode in ("both", "tex") else 0
     sem_unguided = 5 if mode in ("both", "sem") else 0
-    torch.testing.assert_close(out[:, :-SEM], z[:, :-SEM] + H12 * (tex_unguided * v_cond + (8 - tex_unguided) * v_guided),
-                               rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out[:, -SEM:], z[:, -SEM:] + H12 * (sem_unguided * v_cond + (9 - sem_unguided) * v_guided),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out[:, :-SEM],
+        z[:, :-SEM] + H12 * (tex_unguided * v_cond + (8 - tex_unguided) * v_guided),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    torch.testing.assert_close(
+        out[:, -SEM:],
+        z[:, -SEM:] + H12 * (sem_unguided * v_cond + (9 - sem_unguided) * v_guided),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_unknown_interval_mode_is_refused():
     with pytest.raises(ValueError, match="cfg_interval_mode"):
-        ode_sample(Field(c=1.0), noise(), LABELS, delta_t=0.3, semantic_chans=SEM, method="euler", num_steps=4,
-                   cfg_scale=2.0, cfg_interval_mode="texture")
+        ode_sample(
+            Field(c=1.0),
+            noise(),
+            LABELS,
+            delta_t=0.3,
+            semantic_chans=SEM,
+            method="euler",
+            num_steps=4,
+            cfg_scale=2.0,
+            cfg_interval_mode="texture",
+        )
 
 
 def test_timestep_shift_keeps_the_endpoint():
@@ -277,15 +358,41 @@ def test_with_the_real_model_contract():
     models = pytest.importorskip("sfd.models")
     from sfd.flow import training_losses
 
-    cfg = dict(model_type="LightningDiT-P/1", in_chans=C, semantic_chans=SEM, semfirst_delta_t=0.3,
-               use_qknorm=True, use_swiglu=True, use_rope=True, use_rmsnorm=True, use_repa=True, repa_out_dim=8)
+    cfg = dict(
+        model_type="LightningDiT-P/1",
+        in_chans=C,
+        semantic_chans=SEM,
+        semfirst_delta_t=0.3,
+        use_qknorm=True,
+        use_swiglu=True,
+        use_rope=True,
+        use_rmsnorm=True,
+        use_repa=True,
+        repa_out_dim=8,
+    )
     torch.manual_seed(0)
     model = models.build_model(cfg, num_classes=10, input_size=4)
     x1 = torch.randn(3, C, 4, 4)
-    losses = training_losses(model, x1, LABELS, delta_t=0.3, semantic_chans=SEM, repa_target=torch.randn(3, 16, 8),
-                             generator=torch.Generator().manual_seed(0))
+    losses = training_losses(
+        model,
+        x1,
+        LABELS,
+        delta_t=0.3,
+        semantic_chans=SEM,
+        repa_target=torch.randn(3, 16, 8),
+        generator=torch.Generator().manual_seed(0),
+    )
     losses["total"].backward()
     stats = {}
-    out = ode_sample(model, torch.randn(3, C, 4, 4), LABELS, delta_t=0.3, semantic_chans=SEM, method="euler",
-                     num_steps=5, cfg_scale=1.5, stats=stats)
+    out = ode_sample(
+        model,
+        torch.randn(3, C, 4, 4),
+        LABELS,
+        delta_t=0.3,
+        semantic_chans=SEM,
+        method="euler",
+        num_steps=5,
+        cfg_scale=1.5,
+        stats=stats,
+    )
     assert out.shape == (3, C, 4, 4) and stats["nfe"] == 4 and model.training

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from engine_fixtures import hidden_files, plant_leftovers
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
@@ -15,10 +16,15 @@ from sfd.semantic import load_semvae
 from sfd.semantic.semvae import SemanticVAE, SemVAEArch
 from sfd.semantic.train_semvae import build_scheduler, semvae_losses, token_cosine, train
 
-from engine_fixtures import hidden_files, plant_leftovers
-
-SMALL = SemVAEArch(input_dim=24, bottleneck_dim=4, arch="transformer", variational=True, hidden_dim=16,
-                   transformer_heads=2, transformer_blocks=2)
+SMALL = SemVAEArch(
+    input_dim=24,
+    bottleneck_dim=4,
+    arch="transformer",
+    variational=True,
+    hidden_dim=16,
+    transformer_heads=2,
+    transformer_blocks=2,
+)
 
 # The official configs/semvae_train/ch16.yaml as OmegaConf.to_yaml writes it into the checkpoint:
 # references stay unresolved.
@@ -49,10 +55,17 @@ def released_checkpoint(model: SemanticVAE, blocks: int) -> dict:
     model(torch.randn(2, 16, model.arch.input_dim))[0].sum().backward()
     opt.step()
     sched.step()
-    return {"iteration": 1000000, "model_state_dict": model.state_dict(), "optimizer_state_dict": opt.state_dict(),
-            "scheduler_state_dict": sched.state_dict(), "loss": 0.25, "loss_averages": {"mse": 0.1, "total": 0.25},
-            "config": OFFICIAL_CONFIG.format(c=model.arch.bottleneck_dim, h=model.arch.hidden_dim, blocks=blocks),
-            "input_dim": model.arch.input_dim, "bottleneck_dim": model.arch.bottleneck_dim}
+    return {
+        "iteration": 1000000,
+        "model_state_dict": model.state_dict(),
+        "optimizer_state_dict": opt.state_dict(),
+        "scheduler_state_dict": sched.state_dict(),
+        "loss": 0.25,
+        "loss_averages": {"mse": 0.1, "total": 0.25},
+        "config": OFFICIAL_CONFIG.format(c=model.arch.bottleneck_dim, h=model.arch.hidden_dim, blocks=blocks),
+        "input_dim": model.arch.input_dim,
+        "bottleneck_dim": model.arch.bottleneck_dim,
+    }
 
 
 def test_paper_architecture_parameter_count_and_keys():
@@ -63,9 +76,16 @@ def test_paper_architecture_parameter_count_and_keys():
     assert sum(p.numel() for p in model.decoder.parameters()) == 28_956_672
     assert sum(p.numel() for p in model.parameters()) == 57_924_896  # "57.9M"
     keys = model.state_dict().keys()
-    for key in ("encoder.0.weight", "encoder.4.attn.in_proj_weight", "encoder.4.attn.in_proj_bias",
-                "encoder.4.attn.out_proj.weight", "encoder.4.mlp.0.weight", "encoder.4.mlp.2.bias",
-                "encoder.5.weight", "decoder.6.weight"):
+    for key in (
+        "encoder.0.weight",
+        "encoder.4.attn.in_proj_weight",
+        "encoder.4.attn.in_proj_bias",
+        "encoder.4.attn.out_proj.weight",
+        "encoder.4.mlp.0.weight",
+        "encoder.4.mlp.2.bias",
+        "encoder.5.weight",
+        "decoder.6.weight",
+    ):
         assert key in keys
     assert model.state_dict()["encoder.6.weight"].shape == (32, 768)
     assert model.state_dict()["decoder.0.weight"].shape == (768, 16)
@@ -93,7 +113,9 @@ def test_released_layout_checkpoint_loads(tmp_path, config):
 def test_wrong_architecture_names_file_and_first_key(tmp_path):
     ckpt = released_checkpoint(SemanticVAE(SMALL), blocks=3)  # weights of 2 blocks, config says 3
     torch.save(ckpt, tmp_path / "semantic_ae_final.pt")
-    with pytest.raises(ValueError, match=r"semantic_ae_final.pt: architecture mismatch: missing key 'encoder.3.norm1.weight'"):
+    with pytest.raises(
+        ValueError, match=r"semantic_ae_final.pt: architecture mismatch: missing key 'encoder.3.norm1.weight'"
+    ):
         load_semvae(tmp_path / "semantic_ae_final.pt")
     del ckpt["config"]
     torch.save(ckpt, tmp_path / "no_config.pt")
@@ -103,7 +125,9 @@ def test_wrong_architecture_names_file_and_first_key(tmp_path):
 
 @pytest.mark.parametrize("arch", ["linear", "mlp", "resnet"])
 def test_cheap_variants_round_trip_through_a_checkpoint(tmp_path, arch):
-    model = SemanticVAE(SemVAEArch(input_dim=24, bottleneck_dim=4, arch=arch, variational=True, hidden_dim=16, num_layers=3))
+    model = SemanticVAE(
+        SemVAEArch(input_dim=24, bottleneck_dim=4, arch=arch, variational=True, hidden_dim=16, num_layers=3)
+    )
     ckpt = released_checkpoint(model, blocks=0)
     ckpt["config"] = yaml.safe_dump({"model": model.arch.official_model()})
     torch.save(ckpt, tmp_path / "m.pt")
@@ -139,7 +163,9 @@ def test_kl_is_the_per_sample_sum_of_the_gaussian_kl():
     moments = model.encoder(tokens).transpose(1, 2).reshape(3, 8, 4, 4)
     mean, logvar = moments[:, :4], moments[:, 4:].clamp(-30, 20)
     posterior = torch.distributions.Normal(mean, torch.exp(0.5 * logvar))
-    direct = torch.distributions.kl_divergence(posterior, torch.distributions.Normal(0.0, 1.0)).sum(dim=(1, 2, 3))
+    direct = torch.distributions.kl_divergence(posterior, torch.distributions.Normal(0.0, 1.0)).sum(
+        dim=(1, 2, 3)
+    )
     torch.testing.assert_close(kl, direct, rtol=1e-5, atol=1e-3)
 
 
@@ -157,8 +183,9 @@ def test_cos_loss_runs_across_tokens_per_channel():
     target = torch.randn(2, 16, 8)
     recon = target * torch.linspace(0.5, 2.0, 16).view(1, 16, 1)  # rescale each token: per-token cosine is 1
     losses = semvae_losses(recon, target, torch.zeros(2), t)
-    across_tokens = torch.stack([F.cosine_similarity(recon[b, :, d], target[b, :, d], dim=0)
-                                 for b in range(2) for d in range(8)]).mean()
+    across_tokens = torch.stack(
+        [F.cosine_similarity(recon[b, :, d], target[b, :, d], dim=0) for b in range(2) for d in range(8)]
+    ).mean()
     torch.testing.assert_close(losses["cos_loss"], 1 - across_tokens)
     assert losses["cos_loss"] > 0.01
     torch.testing.assert_close(token_cosine(recon, target), torch.tensor(1.0))
@@ -185,21 +212,45 @@ def write_features(directory, tokens: torch.Tensor, shard_size: int):
     """A features directory in the `sfd extract-features` format."""
     shards = []
     for i, start in enumerate(range(0, len(tokens), shard_size)):
-        part = tokens[start:start + shard_size]
+        part = tokens[start : start + shard_size]
         name = f"shard-{i:05d}.safetensors"
-        save_file({"patch_tokens": part.half().contiguous(), "labels": torch.zeros(len(part), dtype=torch.int64)},
-                  str(directory / name))
+        save_file(
+            {"patch_tokens": part.half().contiguous(), "labels": torch.zeros(len(part), dtype=torch.int64)},
+            str(directory / name),
+        )
         shards.append({"file": name, "count": len(part)})
-    (directory / "index.json").write_text(json.dumps(
-        {"num_samples": len(tokens), "num_tokens": tokens.shape[1], "dim": tokens.shape[2], "shards": shards}))
+    (directory / "index.json").write_text(
+        json.dumps(
+            {
+                "num_samples": len(tokens),
+                "num_tokens": tokens.shape[1],
+                "dim": tokens.shape[2],
+                "shards": shards,
+            }
+        )
+    )
 
 
 def experiment(iterations: int) -> dict:
-    semvae = {"arch": "transformer", "bottleneck_dim": 4, "hidden_dim": 16, "transformer_heads": 2,
-              "transformer_blocks": 1,
-              "train": {"iterations": iterations, "batch_size": 8, "lr": 2e-3, "warmup_steps": 2,
-                        "constant_steps": 4, "eval_samples": 10, "eval_batch_size": 4, "eval_every": 5,
-                        "save_every": 4, "log_every": 2}}
+    semvae = {
+        "arch": "transformer",
+        "bottleneck_dim": 4,
+        "hidden_dim": 16,
+        "transformer_heads": 2,
+        "transformer_blocks": 1,
+        "train": {
+            "iterations": iterations,
+            "batch_size": 8,
+            "lr": 2e-3,
+            "warmup_steps": 2,
+            "constant_steps": 4,
+            "eval_samples": 10,
+            "eval_batch_size": 4,
+            "eval_every": 5,
+            "save_every": 4,
+            "log_every": 2,
+        },
+    }
     return validate({"name": "t", "device": "cpu", "seed": 3, "semvae": semvae}, "experiment")
 
 
@@ -213,8 +264,17 @@ def test_training_learns_checkpoints_and_resumes_exactly(tmp_path):
     exp = experiment(iterations=10)
     first = train(exp, tmp_path / "feats", None, tmp_path / "a.pt", tmp_path / "run_a")
     ckpt = torch.load(tmp_path / "a.pt", weights_only=True)
-    assert set(ckpt) == {"iteration", "model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "loss",
-                         "loss_averages", "config", "input_dim", "bottleneck_dim"}
+    assert set(ckpt) == {
+        "iteration",
+        "model_state_dict",
+        "optimizer_state_dict",
+        "scheduler_state_dict",
+        "loss",
+        "loss_averages",
+        "config",
+        "input_dim",
+        "bottleneck_dim",
+    }
     assert ckpt["iteration"] == 10 and ckpt["input_dim"] == 24 and ckpt["bottleneck_dim"] == 4
     model = load_semvae(tmp_path / "a.pt")
     assert model.arch.transformer_blocks == 1
@@ -248,8 +308,26 @@ def test_eval_semvae_cli_on_a_released_layout_checkpoint(tmp_path):
     (tmp_path / "feats").mkdir()
     write_features(tmp_path / "feats", torch.randn(12, 16, 24), shard_size=5)
     config = tmp_path / "exp.yaml"
-    config.write_text(json.dumps({"name": "t", "device": "cpu", "semvae": {"train": {"eval_samples": 10, "eval_batch_size": 4}}}))
-    assert cli(["eval-semvae", "--config", str(config), "--checkpoint", str(tmp_path / "semantic_ae_final.pt"),
-                "--features", str(tmp_path / "feats"), "--out", str(tmp_path / "m.json")]) == 0
+    config.write_text(
+        json.dumps(
+            {"name": "t", "device": "cpu", "semvae": {"train": {"eval_samples": 10, "eval_batch_size": 4}}}
+        )
+    )
+    assert (
+        cli(
+            [
+                "eval-semvae",
+                "--config",
+                str(config),
+                "--checkpoint",
+                str(tmp_path / "semantic_ae_final.pt"),
+                "--features",
+                str(tmp_path / "feats"),
+                "--out",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["items"] == 10 and -1 <= metrics["cosine"] <= 1

@@ -41,10 +41,19 @@ def test_toy_cut_through_sbatch_resumes_after_the_walltime_signal(tmp_path_facto
     metrics = work / "outputs/toy/metrics/p_200.json"
     before = metrics.stat().st_mtime_ns
 
-    cmd = [sys.executable, "-m", "snakemake", "outputs/toy/metrics/p_200.json",
-           "--profile", str(profile), "--forcerun", "train"]
-    proc = subprocess.Popen(cmd, cwd=work, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "outputs/toy/metrics/p_200.json",
+        "--profile",
+        str(profile),
+        "--forcerun",
+        "train",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=work, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     signalled = None
     deadline = time.monotonic() + 900
     while proc.poll() is None and time.monotonic() < deadline:
@@ -58,7 +67,9 @@ def test_toy_cut_through_sbatch_resumes_after_the_walltime_signal(tmp_path_facto
     assert proc.returncode == 0, output[-5000:]
     assert signalled, "the training job was never seen running"
 
-    submitted = [line.split("SLURM jobid")[1].split()[0] for line in output.splitlines() if "SLURM jobid" in line]
+    submitted = [
+        line.split("SLURM jobid")[1].split()[0] for line in output.splitlines() if "SLURM jobid" in line
+    ]
     assert len(submitted) == 5, output[-3000:]  # train, train again, sample, pack, evaluate
     states = run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(submitted)], cwd=work).stdout
     states = dict(line.split("|") for line in states.split())

@@ -15,26 +15,60 @@ PAPER, SMOKE = "config/paper.yaml", "config/paper-smoke.yaml"
 STEP_SCALE = 10_000
 # The only keys the smoke experiment may set differently (dotted, fnmatch patterns).
 SHRUNK = [
-    "name", "download_sizes*",
-    "data.image_size", "data.hf.expected_images.*",
-    "texture_vae.arch.ch", "texture_vae.arch.norm_groups", "texture_vae.arch.attn_resolutions",
+    "name",
+    "download_sizes*",
+    "data.image_size",
+    "data.hf.expected_images.*",
+    "texture_vae.arch.ch",
+    "texture_vae.arch.norm_groups",
+    "texture_vae.arch.attn_resolutions",
     "texture_vae.arch.resolution",
-    "latents.shard_size", "latents.batch_size", "latents.stats_samples", "latents.num_workers",
-    "semantic_encoder.timm_kwargs*", "semantic_encoder.img_size", "semantic_encoder.feature_resize",
-    "semantic_encoder.shard_size", "semantic_encoder.num_workers",
-    "semvae.hidden_dim", "semvae.transformer_heads", "semvae.transformer_blocks",
-    "semvae.train.iterations", "semvae.train.batch_size", "semvae.train.warmup_steps",
-    "semvae.train.constant_steps", "semvae.train.eval_*", "semvae.train.save_every", "semvae.train.log_every",
-    "evaluation.num_samples", "evaluation.reference_size", "evaluation.batch_size",
+    "latents.shard_size",
+    "latents.batch_size",
+    "latents.stats_samples",
+    "latents.num_workers",
+    "semantic_encoder.timm_kwargs*",
+    "semantic_encoder.img_size",
+    "semantic_encoder.feature_resize",
+    "semantic_encoder.shard_size",
+    "semantic_encoder.num_workers",
+    "semvae.hidden_dim",
+    "semvae.transformer_heads",
+    "semvae.transformer_blocks",
+    "semvae.train.iterations",
+    "semvae.train.batch_size",
+    "semvae.train.warmup_steps",
+    "semvae.train.constant_steps",
+    "semvae.train.eval_*",
+    "semvae.train.save_every",
+    "semvae.train.log_every",
+    "evaluation.num_samples",
+    "evaluation.reference_size",
+    "evaluation.batch_size",
     "evaluation.softmax_batch_size",
-    "sampling.num_steps", "sampling.num_samples", "sampling.batch_size", "sampling.shard_size",
-    "models.*.model.model_type", "models.*.model.repa_out_dim", "models.*.model.repa_hidden_dim",
-    "models.*.train.global_batch_size", "models.*.train.budgets", "models.*.train.keep_steps",
-    "models.*.train.ckpt_every", "models.*.train.log_every", "models.*.train.num_workers",
-    "runs.*.step", "runs.*.guidance.step",
+    "sampling.num_steps",
+    "sampling.num_samples",
+    "sampling.batch_size",
+    "sampling.shard_size",
+    "models.*.model.model_type",
+    "models.*.model.repa_out_dim",
+    "models.*.model.repa_hidden_dim",
+    "models.*.train.global_batch_size",
+    "models.*.train.budgets",
+    "models.*.train.keep_steps",
+    "models.*.train.ckpt_every",
+    "models.*.train.log_every",
+    "models.*.train.num_workers",
+    "runs.*.step",
+    "runs.*.guidance.step",
 ]
-STEP_KEYS = ["models.*.train.budgets", "models.*.train.keep_steps", "models.*.train.ckpt_every",
-             "runs.*.step", "runs.*.guidance.step"]
+STEP_KEYS = [
+    "models.*.train.budgets",
+    "models.*.train.keep_steps",
+    "models.*.train.ckpt_every",
+    "runs.*.step",
+    "runs.*.guidance.step",
+]
 
 
 def leaves(node, prefix=""):
@@ -54,8 +88,9 @@ def scaled(value):
 def test_only_sizes_steps_and_counts_differ():
     paper, smoke = dict(leaves(matrix.load(PAPER).cfg)), dict(leaves(matrix.load(SMOKE).cfg))
     differ = sorted(k for k in set(paper) | set(smoke) if paper.get(k, KeyError) != smoke.get(k, KeyError))
-    assert differ and all(any(fnmatch(k, p) for p in SHRUNK) for k in differ), \
-        [k for k in differ if not any(fnmatch(k, p) for p in SHRUNK)]
+    assert differ and all(any(fnmatch(k, p) for p in SHRUNK) for k in differ), [
+        k for k in differ if not any(fnmatch(k, p) for p in SHRUNK)
+    ]
     steps = [k for k in smoke if any(fnmatch(k, p) for p in STEP_KEYS)]
     assert [k for k in steps if scaled(smoke[k]) != paper[k]] == []
 

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from engine_fixtures import TINY_MODEL, one_thread  # noqa: F401
 
 from sfd.config import validate
 from sfd.device import Compiled, peak_bf16_flops
@@ -13,10 +14,17 @@ from sfd.models import build_model
 from sfd.models.flops import sample_flops_per_nfe, train_flops_per_image
 from sfd.train import Throughput, make_optimizer, update_ema
 
-from engine_fixtures import TINY_MODEL, one_thread  # noqa: F401
-
-XL = {"model_type": "LightningDiT-XL/1", "in_chans": 48, "semantic_chans": 16, "semfirst_delta_t": 0.3,
-      "use_qknorm": True, "use_swiglu": True, "use_rope": True, "use_rmsnorm": True, "use_repa": True}
+XL = {
+    "model_type": "LightningDiT-XL/1",
+    "in_chans": 48,
+    "semantic_chans": 16,
+    "semfirst_delta_t": 0.3,
+    "use_qknorm": True,
+    "use_swiglu": True,
+    "use_rope": True,
+    "use_rmsnorm": True,
+    "use_repa": True,
+}
 
 
 def _model_cfg(**changes) -> dict:
@@ -35,8 +43,11 @@ def _tiny_model(**changes):
 
 def _inputs(n=3):
     g = torch.Generator().manual_seed(1)
-    return torch.randn(n, 8, 4, 4, generator=g), (torch.rand(n, generator=g), torch.rand(n, generator=g)), \
-        torch.arange(n) % 4
+    return (
+        torch.randn(n, 8, 4, 4, generator=g),
+        (torch.rand(n, generator=g), torch.rand(n, generator=g)),
+        torch.arange(n) % 4,
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -71,8 +82,11 @@ def test_xl_flops_against_the_real_model_and_the_6nt_rule():
     tokens, depth, width = 256, 28, 1152
     assert 6 * sum(p.numel() for p in params.values()) * tokens == pytest.approx(1.05e12, rel=0.005)
 
-    matrices = {n: p.numel() for n, p in params.items() if p.dim() >= 2 and n not in (
-        "pos_embed", "y_embedder.embedding_table.weight")}
+    matrices = {
+        n: p.numel()
+        for n, p in params.items()
+        if p.dim() >= 2 and n not in ("pos_embed", "y_embedder.embedding_table.weight")
+    }
     per_image = sum(v for n, v in matrices.items() if "adaLN" in n or "t_embedder" in n)
     per_token = sum(matrices.values()) - per_image
     attention = 2 * 2 * depth * tokens * tokens * width  # q·kᵀ and softmax·v, forward
@@ -81,19 +95,31 @@ def test_xl_flops_against_the_real_model_and_the_6nt_rule():
     assert train_flops_per_image(cfg, 16) == pytest.approx(0.724e12, rel=0.001)
 
 
-@pytest.mark.parametrize("name, tflops", [
-    ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H200", 989), ("NVIDIA H800", 989),
-    ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA A800-SXM4-80GB", 312), ("NVIDIA L40S", 362),
-    ("NVIDIA GeForce RTX 4090", 165), ("Ascend910B3", 320), ("Tesla V100-SXM2-32GB", None), ("cpu", None),
-])
+@pytest.mark.parametrize(
+    "name, tflops",
+    [
+        ("NVIDIA H100 80GB HBM3", 989),
+        ("NVIDIA H100 PCIe", 756),
+        ("NVIDIA H200", 989),
+        ("NVIDIA H800", 989),
+        ("NVIDIA A100-SXM4-80GB", 312),
+        ("NVIDIA A800-SXM4-80GB", 312),
+        ("NVIDIA L40S", 362),
+        ("NVIDIA GeForce RTX 4090", 165),
+        ("Ascend910B3", 320),
+        ("Tesla V100-SXM2-32GB", None),
+        ("cpu", None),
+    ],
+)
 def test_peak_table(name, tflops):
     assert peak_bf16_flops(name) == (None if tflops is None else tflops * 1e12)
 
 
 def test_throughput_record_has_mfu_only_with_a_known_peak():
     known = Throughput(global_batch=8, flops_per_image=10**9, peak_flops=1e12).record(2.0, steps=4, wait=0.4)
-    assert known == pytest.approx({"images_per_s": 16.0, "sec_per_step": 0.5, "data_wait_s": 0.1,
-                                   "mfu": 0.016})
+    assert known == pytest.approx(
+        {"images_per_s": 16.0, "sec_per_step": 0.5, "data_wait_s": 0.1, "mfu": 0.016}
+    )
     unknown = Throughput(global_batch=8, flops_per_image=10**9, peak_flops=None).record(2.0, 4, 0.4)
     assert "mfu" not in unknown and unknown["images_per_s"] == 16.0
 
@@ -186,8 +212,16 @@ def test_compiled_model_matches_eager_in_training_and_sampling():
     grads = []
     for net in (compiled, model):
         model.train().zero_grad()
-        losses = training_losses(net, x, y, delta_t=0.3, semantic_chans=4, semantic_weight=2.0,
-                                 repa_target=feats, generator=torch.Generator().manual_seed(3))
+        losses = training_losses(
+            net,
+            x,
+            y,
+            delta_t=0.3,
+            semantic_chans=4,
+            semantic_weight=2.0,
+            repa_target=feats,
+            generator=torch.Generator().manual_seed(3),
+        )
         losses["total"].backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     for name in grads[1]:

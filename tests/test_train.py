@@ -11,12 +11,16 @@ import time
 import pytest
 import torch
 import yaml
+from engine_fixtures import (
+    ENV,
+    hidden_files,
+    make_latents,
+    plant_leftovers,  # noqa: F401
+    tiny_experiment,
+)
 
 from sfd.config import ConfigError, validate
 from sfd.train import EXIT_SUSPENDED, StepBatches, step_seeds, train
-
-from engine_fixtures import (ENV, hidden_files, make_latents, one_thread, plant_leftovers,  # noqa: F401
-                             tiny_experiment)
 
 STEPS = 24  # long enough that a killed subprocess is still running when the signal lands
 
@@ -40,10 +44,32 @@ def _assert_same_state(path_a, path_b):
 
 
 def _train_cli(cfg_path, latents, run_dir, *extra, nproc=1):
-    launcher = [sys.executable, "-m", "sfd"] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "sfd"]
-    return [*launcher, "train", "--config", str(cfg_path), "--model", "tiny", "--latents", str(latents),
-            "--run-dir", str(run_dir), *extra]
+    launcher = (
+        [sys.executable, "-m", "sfd"]
+        if nproc == 1
+        else [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "sfd",
+        ]
+    )
+    return [
+        *launcher,
+        "train",
+        "--config",
+        str(cfg_path),
+        "--model",
+        "tiny",
+        "--latents",
+        str(latents),
+        "--run-dir",
+        str(run_dir),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +107,9 @@ def test_step_seeds_differ_per_rank_and_step_and_are_reproducible():
 
 def test_run_directory_layout(setup):
     ref = setup["reference"]
-    assert sorted(int(p.stem) for p in (ref / "checkpoints").iterdir()) == sorted([3, *range(2, STEPS + 1, 2)])
+    assert sorted(int(p.stem) for p in (ref / "checkpoints").iterdir()) == sorted(
+        [3, *range(2, STEPS + 1, 2)]
+    )
     assert sorted(p.name for p in (ref / "ema").iterdir()) == ["0000003.pt", "0000004.pt", f"{STEPS:07d}.pt"]
     ema = torch.load(ref / "ema" / f"{STEPS:07d}.pt", weights_only=True)
     full = torch.load(ref / "checkpoints" / f"{STEPS:07d}.pt", weights_only=True)
@@ -92,11 +120,18 @@ def test_run_directory_layout(setup):
     lines = (ref / "log.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
-    assert all(r["loss"] > 0 and r["images_per_s"] > 0 and {"mse", "cos", "repa"} <= r.keys() for r in records)
+    assert all(
+        r["loss"] > 0 and r["images_per_s"] > 0 and {"mse", "cos", "repa"} <= r.keys() for r in records
+    )
     assert all(r["data_wait_s"] >= 0 and "mfu" not in r for r in records)  # no bf16 peak for a CPU
     # EMA tracked the model, which moved away from its init
-    assert not torch.equal(full["model"]["final_layer.linear.weight"], torch.zeros_like(full["model"]["final_layer.linear.weight"]))
-    assert not torch.equal(full["ema"]["final_layer.linear.weight"], full["model"]["final_layer.linear.weight"])
+    assert not torch.equal(
+        full["model"]["final_layer.linear.weight"],
+        torch.zeros_like(full["model"]["final_layer.linear.weight"]),
+    )
+    assert not torch.equal(
+        full["ema"]["final_layer.linear.weight"], full["model"]["final_layer.linear.weight"]
+    )
 
 
 def test_budget_continuation_equals_one_longer_run(setup, tmp_path):
@@ -105,16 +140,23 @@ def test_budget_continuation_equals_one_longer_run(setup, tmp_path):
     assert train(cfg, "tiny", setup["latents"], run, until_step=4) == 0
     assert not (run / "checkpoints" / "0000006.pt").exists()
     assert train(cfg, "tiny", setup["latents"], run, until_step=STEPS) == 0
-    _assert_same_state(run / "checkpoints" / f"{STEPS:07d}.pt", setup["reference"] / "checkpoints" / f"{STEPS:07d}.pt")
+    _assert_same_state(
+        run / "checkpoints" / f"{STEPS:07d}.pt", setup["reference"] / "checkpoints" / f"{STEPS:07d}.pt"
+    )
     # a new run directory continuing from the 4-step budget's checkpoint
     other = tmp_path / "other"
     assert train(cfg, "tiny", setup["latents"], other, init_from=run / "checkpoints" / "0000004.pt") == 0
-    _assert_same_state(other / "checkpoints" / f"{STEPS:07d}.pt", setup["reference"] / "checkpoints" / f"{STEPS:07d}.pt")
+    _assert_same_state(
+        other / "checkpoints" / f"{STEPS:07d}.pt", setup["reference"] / "checkpoints" / f"{STEPS:07d}.pt"
+    )
     # running again is a no-op
     assert train(cfg, "tiny", setup["latents"], other) == 0
     # --init-from the target itself still leaves the target's outputs in the new run directory
     same = tmp_path / "same"
-    assert train(cfg, "tiny", setup["latents"], same, until_step=4, init_from=run / "checkpoints" / "0000004.pt") == 0
+    assert (
+        train(cfg, "tiny", setup["latents"], same, until_step=4, init_from=run / "checkpoints" / "0000004.pt")
+        == 0
+    )
     _assert_same_state(same / "checkpoints" / "0000004.pt", run / "checkpoints" / "0000004.pt")
     assert (same / "ema" / "0000004.pt").exists()
 
@@ -146,7 +188,9 @@ def test_sigkill_and_resume_is_bit_exact(setup, tmp_path):
     assert hidden_files(run) == []  # temporary files swept, the (stale) lock removed
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, STEPS + 1))  # the killed run's lines past its checkpoint are gone
-    _assert_same_state(run / "checkpoints" / f"{STEPS:07d}.pt", setup["reference"] / "checkpoints" / f"{STEPS:07d}.pt")
+    _assert_same_state(
+        run / "checkpoints" / f"{STEPS:07d}.pt", setup["reference"] / "checkpoints" / f"{STEPS:07d}.pt"
+    )
 
 
 def test_sigterm_checkpoints_and_exits_75(setup, tmp_path):
@@ -160,7 +204,9 @@ def test_sigterm_checkpoints_and_exits_75(setup, tmp_path):
     assert "SIGTERM: checkpointed step" in out
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    _assert_same_state(run / "checkpoints" / f"{STEPS:07d}.pt", setup["reference"] / "checkpoints" / f"{STEPS:07d}.pt")
+    _assert_same_state(
+        run / "checkpoints" / f"{STEPS:07d}.pt", setup["reference"] / "checkpoints" / f"{STEPS:07d}.pt"
+    )
 
 
 def test_two_process_gloo_ddp_averages_gradients(setup, tmp_path):
@@ -174,8 +220,13 @@ def test_two_process_gloo_ddp_averages_gradients(setup, tmp_path):
     cfg_path = tmp_path / "exp.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
-    done = subprocess.run(_train_cli(cfg_path, setup["latents"], run, nproc=2), env=ENV,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        _train_cli(cfg_path, setup["latents"], run, nproc=2),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     state = torch.load(run / "checkpoints" / "0000001.pt", weights_only=True)
     assert state["world_size"] == 2
@@ -195,8 +246,17 @@ def test_two_process_gloo_ddp_averages_gradients(setup, tmp_path):
         torch.manual_seed(global_seed)
         gen = torch.Generator().manual_seed(loss_seed)
         noise = torch.randn(x1.shape, generator=gen)
-        losses = training_losses(model, x1, y, delta_t=0.3, semantic_chans=4, semantic_weight=2.0,
-                                 repa_target=feats, t=sample_logit_normal(len(x1), gen), noise=noise)
+        losses = training_losses(
+            model,
+            x1,
+            y,
+            delta_t=0.3,
+            semantic_chans=4,
+            semantic_weight=2.0,
+            repa_target=feats,
+            t=sample_logit_normal(len(x1), gen),
+            noise=noise,
+        )
         total = total + losses["total"] / 2
     total.backward()
     opt.step()
@@ -208,7 +268,9 @@ def test_foreign_checkpoints_are_refused(setup, tmp_path):
     cfg = copy.deepcopy(setup["cfg"])
     cfg["models"]["tiny"]["model"]["model_type"] = "LightningDiT-T/1"
     reference_ckpt = setup["reference"] / "checkpoints" / "0000004.pt"
-    with pytest.raises(ConfigError, match=r"0000004.pt was trained as 'tiny' \(LightningDiT-P/1\).*LightningDiT-T/1"):
+    with pytest.raises(
+        ConfigError, match=r"0000004.pt was trained as 'tiny' \(LightningDiT-P/1\).*LightningDiT-T/1"
+    ):
         train(validate(cfg, "experiment"), "tiny", setup["latents"], tmp_path / "a", init_from=reference_ckpt)
     cfg = copy.deepcopy(setup["cfg"])
     cfg["models"]["tiny"]["train"]["lr"] = 1e-3
@@ -219,8 +281,13 @@ def test_foreign_checkpoints_are_refused(setup, tmp_path):
     del state["ema"]
     torch.save(state, tmp_path / "no_ema.pt")
     with pytest.raises(ConfigError, match=r"no_ema.pt: training checkpoint has no 'ema' entry"):
-        train(validate(setup["cfg"], "experiment"), "tiny", setup["latents"], tmp_path / "c",
-              init_from=tmp_path / "no_ema.pt")
+        train(
+            validate(setup["cfg"], "experiment"),
+            "tiny",
+            setup["latents"],
+            tmp_path / "c",
+            init_from=tmp_path / "no_ema.pt",
+        )
     bad = copy.deepcopy(setup["cfg"])
     bad["models"]["tiny"]["train"]["global_batch_size"] = 64
     with pytest.raises(ConfigError, match="40 latents, fewer than one global batch"):

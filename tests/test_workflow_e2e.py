@@ -73,7 +73,10 @@ def test_one_sampling_parameter_reruns_only_its_run(toy):
     work, _ = toy
     config = work / "config" / "toy.yaml"
     text = config.read_text()
-    line = "t_500_ag: {model: sfd_t, step: 500, guidance: {kind: autoguidance, model: ag_p, step: 100, scale: 1.5}}"
+    line = (
+        "t_500_ag: {model: sfd_t, step: 500, "
+        "guidance: {kind: autoguidance, model: ag_p, step: 100, scale: 1.5}}"
+    )
     assert line in text
     config.write_text(text.replace(line, line.replace("scale: 1.5", "scale: 2.0")))
     # t_500_ag fills table_fid, table2_system and readme_guidance; nothing trains, no other run samples
@@ -93,7 +96,9 @@ def test_one_training_parameter_retrains_that_model_and_what_uses_it(toy):
     text = config.read_text()
     line = "train: {<<: *toy_train, budgets: [100], keep_steps: [50]}"
     assert line in text
-    config.write_text(text.replace(line, "train: {<<: *toy_train, budgets: [100], keep_steps: [50], lr: 4.0e-4}"))
+    config.write_text(
+        text.replace(line, "train: {<<: *toy_train, budgets: [100], keep_steps: [50], lr: 4.0e-4}")
+    )
     jobs = planned_jobs(work)
     # ag_p trains 0->50->100; the runs it guides (4) and its own two runs sample again
     assert jobs["train"] == 2

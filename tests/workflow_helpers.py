@@ -12,11 +12,21 @@ MINI = {
     "sampling": {"num_samples": 100, "batch_size": 50, "shard_size": 100, "method": "euler", "num_steps": 10},
     "models": {
         "big": {
-            "model": {"model_type": "LightningDiT-T/1", "in_chans": 8, "semantic_chans": 4, "semfirst_delta_t": 0.3},
+            "model": {
+                "model_type": "LightningDiT-T/1",
+                "in_chans": 8,
+                "semantic_chans": 4,
+                "semfirst_delta_t": 0.3,
+            },
             "train": {"budgets": [20, 40], "keep_steps": [10], "global_batch_size": 16},
         },
         "small": {
-            "model": {"model_type": "LightningDiT-P/1", "in_chans": 8, "semantic_chans": 4, "semfirst_delta_t": 0.3},
+            "model": {
+                "model_type": "LightningDiT-P/1",
+                "in_chans": 8,
+                "semantic_chans": 4,
+                "semfirst_delta_t": 0.3,
+            },
             "train": {"budgets": [10], "keep_steps": [5], "global_batch_size": 16},
         },
         "big_dt0": {
@@ -29,16 +39,35 @@ MINI = {
         "big_40": {"model": "big", "step": 40},
         "big_10": {"model": "big", "step": 10},
         "big_dt0_20": {"model": "big_dt0", "step": 20},
-        "big_40_ag": {"model": "big", "step": 40,
-                      "guidance": {"kind": "autoguidance", "model": "small", "step": 5, "scale": 1.5}},
+        "big_40_ag": {
+            "model": "big",
+            "step": 40,
+            "guidance": {"kind": "autoguidance", "model": "small", "step": 5, "scale": 1.5},
+        },
     },
     "tables": {
-        "table_fid": {"paper": "readme", "rows": [
-            {"run": "big_20", "paper_row": "readme.xl_80ep"}, {"run": "big_40_ag", "paper_row": "readme.xl_800ep_ag"}]},
-        "fig_convergence": {"paper": "fig_convergence", "metrics": ["fid"], "plot": "step",
-                            "rows": [{"run": "big_10"}, {"run": "big_20"}, {"run": "big_40"}]},
-        "fig_fid_vs_delta_t": {"paper": "fig_delta_t", "metrics": ["fid"], "plot": "delta_t", "rows": [
-            {"run": "big_dt0_20", "paper_row": "fig_delta_t.dt_0_0"}, {"run": "big_20", "paper_row": "fig_delta_t.dt_0_3"}]},
+        "table_fid": {
+            "paper": "readme",
+            "rows": [
+                {"run": "big_20", "paper_row": "readme.xl_80ep"},
+                {"run": "big_40_ag", "paper_row": "readme.xl_800ep_ag"},
+            ],
+        },
+        "fig_convergence": {
+            "paper": "fig_convergence",
+            "metrics": ["fid"],
+            "plot": "step",
+            "rows": [{"run": "big_10"}, {"run": "big_20"}, {"run": "big_40"}],
+        },
+        "fig_fid_vs_delta_t": {
+            "paper": "fig_delta_t",
+            "metrics": ["fid"],
+            "plot": "delta_t",
+            "rows": [
+                {"run": "big_dt0_20", "paper_row": "fig_delta_t.dt_0_0"},
+                {"run": "big_20", "paper_row": "fig_delta_t.dt_0_3"},
+            ],
+        },
     },
 }
 
@@ -72,22 +101,33 @@ def tool_env() -> dict:
 def run(cmd, cwd, timeout=1800, check=True) -> subprocess.CompletedProcess:
     out = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout)
     if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} failed ({out.returncode}):\n"
+            f"{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+        )
     return out
 
 
 def fresh_clone(dest: Path) -> Path:
     """The working tree as a new git repository (tracked and untracked-but-not-ignored files), i.e.
     what `git clone` of this commit gives, including work not yet committed."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
     for name in filter(None, files):
         src = ROOT / name
         if src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "clone"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "clone"],
+    ):
         subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
     return dest
 
@@ -122,8 +162,14 @@ def slurm_is_up() -> bool:
 def ci_profile(dest, experiment="config/toy.yaml"):
     """profiles/slurm-gpu with the CI node's sizes, the experiment and CPU devices."""
     profile = yaml.safe_load((ROOT / "profiles" / "slurm-gpu" / "config.v8+.yaml").read_text())
-    profile.update({"jobs": 2, "latency-wait": 5, "slurm-init-seconds-before-status-checks": 5,
-                    "config": [f"experiment={experiment}", "device=cpu"]})
+    profile.update(
+        {
+            "jobs": 2,
+            "latency-wait": 5,
+            "slurm-init-seconds-before-status-checks": 5,
+            "config": [f"experiment={experiment}", "device=cpu"],
+        }
+    )
     profile["default-resources"].update(mem_mb=1500, cpus_per_task=1)
     for resources in profile["set-resources"].values():
         resources.update(mem_mb=3000)

@@ -27,8 +27,14 @@ from sfd.errors import InputError, MissingInputError
 log = logging.getLogger(__name__)
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('data.source', 'data.hf.repo_id', 'data.hf.revision', 'data.hf.files.{split}', 'data.hf.expected_images')
-ALSO_READS = ('data.hf.keep_archives', 'data.num_classes')
+READS = (
+    "data.source",
+    "data.hf.repo_id",
+    "data.hf.revision",
+    "data.hf.files.{split}",
+    "data.hf.expected_images",
+)
+ALSO_READS = ("data.hf.keep_archives", "data.num_classes")
 
 # torchvision.datasets.folder.IMG_EXTENSIONS: what ImageFolder (hence the official extraction) reads.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

@@ -24,7 +24,7 @@ from sfd.errors import InputError, MissingInputError
 log = logging.getLogger(__name__)
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('data.source', 'data.toy', 'data.num_classes', 'data.image_size', 'data.{split}_size')
+READS = ("data.source", "data.toy", "data.num_classes", "data.image_size", "data.{split}_size")
 
 SPLITS = {"train": 0, "val": 1}
 PATTERNS = ("solid", "stripes", "checker", "dots")
@@ -72,8 +72,16 @@ def _saltire(x, y):
 
 
 SHAPES = {
-    "disk": _disk, "square": _square, "triangle": _triangle, "ring": _ring, "plus": _plus,
-    "diamond": _diamond, "bars": _bars, "two_disks": _two_disks, "ell": _ell, "saltire": _saltire,
+    "disk": _disk,
+    "square": _square,
+    "triangle": _triangle,
+    "ring": _ring,
+    "plus": _plus,
+    "diamond": _diamond,
+    "bars": _bars,
+    "two_disks": _two_disks,
+    "ell": _ell,
+    "saltire": _saltire,
 }
 CLASS_NAMES = tuple(SHAPES)
 
@@ -187,5 +195,7 @@ def main(args) -> int:
         raise ConfigError(f"{args.config}: data.source is {data_cfg['source']!r}; make-toy-data needs 'toy'")
     images, labels = make_split(data_cfg, args.split)
     save_npz(args.out, images, labels, CLASS_NAMES[: data_cfg["num_classes"]])
-    log.info("wrote %s: %d images %s, %d classes", args.out, len(images), images.shape[1:], data_cfg["num_classes"])
+    log.info(
+        "wrote %s: %d images %s, %d classes", args.out, len(images), images.shape[1:], data_cfg["num_classes"]
+    )
     return 0

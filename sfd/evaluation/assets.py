@@ -16,13 +16,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from sfd.io import replace_durably, sha256, write_text
 from sfd.errors import UserError
+from sfd.io import replace_durably, sha256, write_text
 
 log = logging.getLogger(__name__)
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('evaluation.assets',)
+READS = ("evaluation.assets",)
 
 CHUNK = 1 << 20
 

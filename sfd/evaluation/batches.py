@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sfd.evaluation.metrics import GaussianStats, feature_statistics
 from sfd.errors import UserError
+from sfd.evaluation.metrics import GaussianStats, feature_statistics
 
 IMAGES_KEY = "arr_0"
 LABELS_KEY = "arr_1"  # the conditioning class of each image, as `sfd pack` writes it
@@ -116,7 +116,8 @@ def read_labels(batch: ImageBatch, count: int, num_classes: int) -> np.ndarray:
         labels = data[LABELS_KEY]
     if labels.ndim != 1 or len(labels) < count or not np.issubdtype(labels.dtype, np.integer):
         raise EvalInputError(
-            f"{batch.path}: {LABELS_KEY} must be {count} or more integer labels, got {labels.dtype} {labels.shape}"
+            f"{batch.path}: {LABELS_KEY} must be {count} or more integer labels, "
+            f"got {labels.dtype} {labels.shape}"
         )
     labels = labels[:count].astype(np.int64)
     if labels.min() < 0 or labels.max() >= num_classes:

@@ -43,7 +43,13 @@ from sfd.io import atomic_write, require_writable, sha256, write_json
 log = logging.getLogger(__name__)
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('evaluation.num_samples', 'evaluation.detector', 'evaluation.metric_label', 'evaluation.batch_size', 'evaluation.softmax_batch_size')
+READS = (
+    "evaluation.num_samples",
+    "evaluation.detector",
+    "evaluation.metric_label",
+    "evaluation.batch_size",
+    "evaluation.softmax_batch_size",
+)
 SCALAR_FIELDS = tuple(  # the CSV row
     "metric_label fid sfid inception_score precision recall class_acc num_samples num_reference "
     "detector_kind samples_sha256 reference_sha256 detector_sha256 evaluator_version".split()
@@ -63,8 +69,10 @@ def check_sizes(samples, reference, allow_size_mismatch: bool) -> None:
     32x32 samples gives numbers that look valid and mean nothing."""
     if samples.image_shape == reference.image_shape:
         return
-    sizes = f"{samples.path} holds {samples.image_shape[0]}x{samples.image_shape[1]} images, " \
-            f"{reference.path} {reference.image_shape[0]}x{reference.image_shape[1]}"
+    sizes = (
+        f"{samples.path} holds {samples.image_shape[0]}x{samples.image_shape[1]} images, "
+        f"{reference.path} {reference.image_shape[0]}x{reference.image_shape[1]}"
+    )
     if not allow_size_mismatch:
         raise EvalInputError(f"{sizes}; pass --allow-size-mismatch to compare them anyway")
     log.warning("%s (allowed by --allow-size-mismatch)", sizes)
@@ -86,8 +94,9 @@ def resolve_metric_label(detector_kind: str, num_samples: int, configured: str |
     return f"FID-{num_samples // 1000}K" if num_samples % 1000 == 0 else f"FID-{num_samples}"
 
 
-def check_inputs(samples, count: int, reference, detector_path: Path, cache_dir: Path,
-                 allow_size_mismatch: bool) -> None:
+def check_inputs(
+    samples, count: int, reference, detector_path: Path, cache_dir: Path, allow_size_mismatch: bool
+) -> None:
     """Everything that can be wrong with the inputs, found before TensorFlow is loaded."""
     check_sizes(samples, reference, allow_size_mismatch)
     for batch in (samples, reference):
@@ -244,12 +253,14 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--config", help="experiment YAML; its evaluation section gives the defaults")
     parser.add_argument(
-        "--cache-dir", default=None,
+        "--cache-dir",
+        default=None,
         help="reference-feature cache (default: $SFD_CACHE_DIR/eval, else $XDG_CACHE_HOME/sfd/eval or "
         "~/.cache/sfd/eval)",
     )
     parser.add_argument(
-        "--allow-size-mismatch", action="store_true",
+        "--allow-size-mismatch",
+        action="store_true",
         help="evaluate although the reference images differ in size from the samples",
     )
 

@@ -117,6 +117,7 @@ class Detector:
             raise EvalInputError(f"{self.path}: only the toy detector is trained on classes we condition on")
         step = self.softmax_batch_size
         logits = [
-            self.session.run(self._logits, {self._pool_input: pool[i : i + step]}) for i in range(0, len(pool), step)
+            self.session.run(self._logits, {self._pool_input: pool[i : i + step]})
+            for i in range(0, len(pool), step)
         ]
         return np.argmax(np.concatenate(logits), 1)

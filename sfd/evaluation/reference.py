@@ -19,7 +19,7 @@ from sfd.io import atomic_write
 log = logging.getLogger(__name__)
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('evaluation.reference_size',)
+READS = ("evaluation.reference_size",)
 
 
 def make_reference(data_path, num: int, out) -> None:

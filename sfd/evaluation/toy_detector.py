@@ -23,7 +23,7 @@ tf = inception.tf
 log = logging.getLogger(__name__)
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('evaluation.toy_detector',)
+READS = ("evaluation.toy_detector",)
 
 # (name, stride) of the conv+ReLU stages; widths come from the config, the last one is P.
 STAGES = (("conv0", 1), ("conv1", 2), ("mixed_6/conv", 2), ("conv3", 1))

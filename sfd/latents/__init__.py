@@ -9,6 +9,15 @@ from sfd.latents.stats import LatentStats, compute_stats, denormalize_texture, l
 from sfd.latents.store import read_index, shard_path, write_index, write_shard
 
 __all__ = [
-    "LatentDataset", "LatentStats", "compute_stats", "denormalize_texture", "flip_coin", "load_stats",
-    "normalize", "read_index", "shard_path", "write_index", "write_shard",
+    "LatentDataset",
+    "LatentStats",
+    "compute_stats",
+    "denormalize_texture",
+    "flip_coin",
+    "load_stats",
+    "normalize",
+    "read_index",
+    "shard_path",
+    "write_index",
+    "write_shard",
 ]

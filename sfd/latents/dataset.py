@@ -16,7 +16,6 @@ from sfd.errors import InputError
 from sfd.latents.stats import load_stats, normalize
 from sfd.latents.store import FEATS, SEMANTIC, TEXTURE, open_shard, read_index
 
-
 IN_MEMORY_BYTES = 4 << 30  # load every shard up front below this size (toy), else read rows lazily
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4}
 
@@ -33,8 +32,14 @@ class LatentDataset(torch.utils.data.Dataset):
     LightningDiT baseline trains on the same latents, images and REPA targets as SFD.
     """
 
-    def __init__(self, directory, multiplier: float = 1.0, seed: int = 0, in_memory: bool | None = None,
-                 texture_only: bool = False):
+    def __init__(
+        self,
+        directory,
+        multiplier: float = 1.0,
+        seed: int = 0,
+        in_memory: bool | None = None,
+        texture_only: bool = False,
+    ):
         self.directory = Path(directory)
         self.texture_only = texture_only
         self.index = read_index(self.directory)
@@ -47,8 +52,10 @@ class LatentDataset(torch.utils.data.Dataset):
         self._starts = np.cumsum([0] + counts)
         tex_channels = self.index["keys"][TEXTURE]["shape"][0]
         if tex_channels != self.stats.tex_channels:
-            raise InputError(f"{self.directory}: latents have {tex_channels} texture channels, "
-                             f"latents_stats.pt has {self.stats.tex_channels}")
+            raise InputError(
+                f"{self.directory}: latents have {tex_channels} texture channels, "
+                f"latents_stats.pt has {self.stats.tex_channels}"
+            )
         if in_memory is None:
             in_memory = self._bytes() <= IN_MEMORY_BYTES
         self._memory = self._load_all() if in_memory else None
@@ -93,8 +100,12 @@ class LatentDataset(torch.utils.data.Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} latents")
         suffix = "_flip" if self.has_flip and flip_coin(self.seed, self.epoch, index) else ""
-        x1 = normalize(self._row(TEXTURE + suffix, index).float(), self._row(SEMANTIC + suffix, index).float(),
-                       self.stats, self.multiplier)
+        x1 = normalize(
+            self._row(TEXTURE + suffix, index).float(),
+            self._row(SEMANTIC + suffix, index).float(),
+            self.stats,
+            self.multiplier,
+        )
         if self.texture_only:
             x1 = x1[: self.stats.tex_channels]
         return x1, self._row("labels", index).long(), self._row(FEATS + suffix, index).float()

@@ -26,13 +26,35 @@ from sfd import distributed as dist
 from sfd.data.images import BadImageError, ImageDataset, to_tensor
 from sfd.errors import InputError
 from sfd.io import sha256
-from sfd.latents.store import FEATS, FORMAT, SEMANTIC, TEXTURE, shard_metadata, shard_path, write_index, write_shard
+from sfd.latents.store import (
+    FEATS,
+    FORMAT,
+    SEMANTIC,
+    TEXTURE,
+    shard_metadata,
+    shard_path,
+    write_index,
+    write_shard,
+)
 
 log = logging.getLogger(__name__)
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('seed', 'data.image_size', 'data.num_classes', 'texture_vae.arch', 'semantic_encoder.pretrained', 'semantic_encoder.timm_model', 'semantic_encoder.img_size', 'semantic_encoder.timm_kwargs', 'latents.shard_size', 'latents.batch_size', 'latents.flip', 'latents.on_bad_image')
-ALSO_READS = ('device', 'latents.num_workers')
+READS = (
+    "seed",
+    "data.image_size",
+    "data.num_classes",
+    "texture_vae.arch",
+    "semantic_encoder.pretrained",
+    "semantic_encoder.timm_model",
+    "semantic_encoder.img_size",
+    "semantic_encoder.timm_kwargs",
+    "latents.shard_size",
+    "latents.batch_size",
+    "latents.flip",
+    "latents.on_bad_image",
+)
+ALSO_READS = ("device", "latents.num_workers")
 
 
 class _Views(torch.utils.data.Dataset):
@@ -85,14 +107,30 @@ def encode_batch(x: torch.Tensor, texture_vae, encoder, semvae, tex_gen, sem_gen
     return {TEXTURE: tex.float().cpu(), SEMANTIC: sem.float().cpu(), FEATS: tokens.half().cpu()}
 
 
-def extract_shard(images: ImageDataset, shard: int, models: tuple, out_dir: Path, *, shard_size: int,
-                  batch_size: int, seed: int, flip: bool, skip_bad: bool, device, num_workers: int = 0,
-                  provenance: dict | None = None) -> Path:
+def extract_shard(
+    images: ImageDataset,
+    shard: int,
+    models: tuple,
+    out_dir: Path,
+    *,
+    shard_size: int,
+    batch_size: int,
+    seed: int,
+    flip: bool,
+    skip_bad: bool,
+    device,
+    num_workers: int = 0,
+    provenance: dict | None = None,
+) -> Path:
     """Encode images of shard `shard` and write it atomically, `provenance` in its metadata."""
     texture_vae, encoder, semvae = models
     start, stop = shard * shard_size, min(len(images), (shard + 1) * shard_size)
-    loader = torch.utils.data.DataLoader(_Views(images, start, stop, skip_bad), batch_size=batch_size,
-                                         num_workers=num_workers, collate_fn=_collate)
+    loader = torch.utils.data.DataLoader(
+        _Views(images, start, stop, skip_bad),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+    )
     tex_seed, sem_seed = shard_seeds(seed, shard)
     tex_gen = torch.Generator().manual_seed(tex_seed)
     sem_gen = torch.Generator().manual_seed(sem_seed)
@@ -122,7 +160,14 @@ def extract_shard(images: ImageDataset, shard: int, models: tuple, out_dir: Path
 
 def _identity(start: int, stop: int, seed: int, flip: bool, batch_size: int, provenance: dict | None) -> dict:
     """Everything a shard's bytes depend on (the batch size too: it groups the posterior draws)."""
-    return {"start": start, "stop": stop, "seed": seed, "flip": flip, "batch_size": batch_size, **(provenance or {})}
+    return {
+        "start": start,
+        "stop": stop,
+        "seed": seed,
+        "flip": flip,
+        "batch_size": batch_size,
+        **(provenance or {}),
+    }
 
 
 def _is_done(out_dir: Path, shard: int, expected: dict) -> bool:
@@ -138,14 +183,27 @@ def _is_done(out_dir: Path, shard: int, expected: dict) -> bool:
         return False
     found = {k: meta.get(k) for k in expected}
     if meta.get("format") != FORMAT or found != expected:
-        raise InputError(f"{path}: written with {found}, this run has {expected}; "
-                         "use another --out or delete the directory to start over")
+        raise InputError(
+            f"{path}: written with {found}, this run has {expected}; "
+            "use another --out or delete the directory to start over"
+        )
     return True
 
 
-def extract_latents(images: ImageDataset, models: tuple, out_dir, *, shard_size: int, batch_size: int,
-                    seed: int, flip: bool = True, on_bad_image: str = "error", device="cpu",
-                    num_workers: int = 0, provenance: dict | None = None) -> dict | None:
+def extract_latents(
+    images: ImageDataset,
+    models: tuple,
+    out_dir,
+    *,
+    shard_size: int,
+    batch_size: int,
+    seed: int,
+    flip: bool = True,
+    on_bad_image: str = "error",
+    device="cpu",
+    num_workers: int = 0,
+    provenance: dict | None = None,
+) -> dict | None:
     """Write every missing shard of `images` into `out_dir`, then (rank 0) the index.
 
     `models` is (texture_vae, semantic encoder, Semantic VAE), already on `device` and in eval
@@ -154,14 +212,35 @@ def extract_latents(images: ImageDataset, models: tuple, out_dir, *, shard_size:
     holds its lock (and sweeps the temporary files of killed runs) throughout.
     """
     with dist.output_lock(out_dir):
-        return _extract_latents(images, models, Path(out_dir), shard_size=shard_size, batch_size=batch_size,
-                                seed=seed, flip=flip, on_bad_image=on_bad_image, device=device,
-                                num_workers=num_workers, provenance=provenance)
+        return _extract_latents(
+            images,
+            models,
+            Path(out_dir),
+            shard_size=shard_size,
+            batch_size=batch_size,
+            seed=seed,
+            flip=flip,
+            on_bad_image=on_bad_image,
+            device=device,
+            num_workers=num_workers,
+            provenance=provenance,
+        )
 
 
-def _extract_latents(images: ImageDataset, models: tuple, out_dir: Path, *, shard_size: int, batch_size: int,
-                     seed: int, flip: bool, on_bad_image: str, device, num_workers: int,
-                     provenance: dict | None) -> dict | None:
+def _extract_latents(
+    images: ImageDataset,
+    models: tuple,
+    out_dir: Path,
+    *,
+    shard_size: int,
+    batch_size: int,
+    seed: int,
+    flip: bool,
+    on_bad_image: str,
+    device,
+    num_workers: int,
+    provenance: dict | None,
+) -> dict | None:
     rank, world_size = dist.get_rank(), dist.get_world_size()
     num_shards = -(-len(images) // shard_size)
     pending = []
@@ -170,19 +249,43 @@ def _extract_latents(images: ImageDataset, models: tuple, out_dir: Path, *, shar
         if not _is_done(out_dir, k, _identity(start, stop, seed, flip, batch_size, provenance)):
             pending.append(k)
     if rank == 0:
-        log.info("%s: %d of %d shards to do (%d images, %d ranks)", out_dir, len(pending), num_shards,
-                 len(images), world_size)
+        log.info(
+            "%s: %d of %d shards to do (%d images, %d ranks)",
+            out_dir,
+            len(pending),
+            num_shards,
+            len(images),
+            world_size,
+        )
     dist.barrier()
     mine = pending[rank::world_size]
     for k in tqdm(mine, desc=f"extract-latents[{rank}]", unit="shard", disable=not mine):
-        extract_shard(images, k, models, out_dir, shard_size=shard_size, batch_size=batch_size, seed=seed,
-                      flip=flip, skip_bad=on_bad_image == "skip", device=device, num_workers=num_workers,
-                      provenance=provenance)
+        extract_shard(
+            images,
+            k,
+            models,
+            out_dir,
+            shard_size=shard_size,
+            batch_size=batch_size,
+            seed=seed,
+            flip=flip,
+            skip_bad=on_bad_image == "skip",
+            device=device,
+            num_workers=num_workers,
+            provenance=provenance,
+        )
     dist.barrier()
     if rank != 0:
         return None
-    index = write_index(out_dir, num_source_images=len(images), shard_size=shard_size, seed=seed,
-                        flip=flip, batch_size=batch_size, provenance=provenance or {})
+    index = write_index(
+        out_dir,
+        num_source_images=len(images),
+        shard_size=shard_size,
+        seed=seed,
+        flip=flip,
+        batch_size=batch_size,
+        provenance=provenance or {},
+    )
     if index["num_skipped"]:
         log.warning("%s: %d undecodable images skipped (listed in index.json)", out_dir, index["num_skipped"])
     log.info("%s: %d latents in %d shards", out_dir, index["num_items"], len(index["shards"]))
@@ -190,10 +293,18 @@ def _extract_latents(images: ImageDataset, models: tuple, out_dir: Path, *, shar
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment YAML (data, texture_vae, semantic_encoder, latents)")
-    parser.add_argument("--data", required=True, help="toy .npz or ImageNet class folder (<dir>/<wnid>/*.JPEG)")
-    parser.add_argument("--texture-vae", required=True, help="texture VAE checkpoint (ours or the released LDM one)")
-    parser.add_argument("--encoder", help="semantic encoder weights (default: semantic_encoder's pretrained weights)")
+    parser.add_argument(
+        "--config", required=True, help="experiment YAML (data, texture_vae, semantic_encoder, latents)"
+    )
+    parser.add_argument(
+        "--data", required=True, help="toy .npz or ImageNet class folder (<dir>/<wnid>/*.JPEG)"
+    )
+    parser.add_argument(
+        "--texture-vae", required=True, help="texture VAE checkpoint (ours or the released LDM one)"
+    )
+    parser.add_argument(
+        "--encoder", help="semantic encoder weights (default: semantic_encoder's pretrained weights)"
+    )
     parser.add_argument("--semvae", required=True, help="Semantic VAE checkpoint")
     parser.add_argument("--out", required=True, help="latent directory to fill (resumed if it exists)")
 
@@ -208,8 +319,10 @@ def main(args) -> int:
     device = dist.init(cfg["device"])
     images = ImageDataset(args.data, data["image_size"], num_classes=data["num_classes"])
     provenance = {
-        "data": str(args.data), "image_size": data["image_size"],
-        "texture_vae": sha256(args.texture_vae), "semvae": sha256(args.semvae),
+        "data": str(args.data),
+        "image_size": data["image_size"],
+        "texture_vae": sha256(args.texture_vae),
+        "semvae": sha256(args.semvae),
         "encoder": sha256(args.encoder) if args.encoder else cfg["semantic_encoder"]["timm_model"],
     }
     models = (
@@ -218,9 +331,17 @@ def main(args) -> int:
         load_semvae(args.semvae).to(device),
     )
     extract_latents(
-        images, models, args.out, shard_size=lcfg["shard_size"], batch_size=lcfg["batch_size"],
-        seed=cfg["seed"], flip=lcfg["flip"], on_bad_image=lcfg["on_bad_image"], device=device,
-        num_workers=lcfg["num_workers"], provenance=provenance,
+        images,
+        models,
+        args.out,
+        shard_size=lcfg["shard_size"],
+        batch_size=lcfg["batch_size"],
+        seed=cfg["seed"],
+        flip=lcfg["flip"],
+        on_bad_image=lcfg["on_bad_image"],
+        device=device,
+        num_workers=lcfg["num_workers"],
+        provenance=provenance,
     )
     dist.cleanup()
     return 0

@@ -25,7 +25,7 @@ from sfd.latents.store import SEMANTIC, TEXTURE, open_shard, read_index
 log = logging.getLogger(__name__)
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('seed', 'latents.stats_samples', 'latents.released_stats')
+READS = ("seed", "latents.stats_samples", "latents.released_stats")
 
 FILES = {TEXTURE: "latents_stats.pt", SEMANTIC: "latents_sv_stats.pt"}
 
@@ -52,8 +52,10 @@ def _read_stats(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         stats = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise InputError(f"{path}: not a readable statistics file (truncated?): {type(err).__name__}; "
-                         "recompute it with `sfd latent-stats`") from None
+        raise InputError(
+            f"{path}: not a readable statistics file (truncated?): {type(err).__name__}; "
+            "recompute it with `sfd latent-stats`"
+        ) from None
     if not isinstance(stats, dict) or not {"mean", "std"} <= set(stats):
         raise InputError(f"{path}: expected a dict with 'mean' and 'std'")
     mean, std = stats["mean"].float(), stats["std"].float()
@@ -129,16 +131,24 @@ def fetch_released(spec: dict, directory) -> LatentStats:
     from sfd.hub import download
 
     for name in FILES.values():
-        download(spec["repo_id"], spec[Path(name).stem], Path(directory) / name,
-                 revision=spec["revision"], repo_type=spec["repo_type"])
+        download(
+            spec["repo_id"],
+            spec[Path(name).stem],
+            Path(directory) / name,
+            revision=spec["revision"],
+            repo_type=spec["repo_type"],
+        )
     return load_stats(directory)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML (latents.stats_samples, seed)")
     parser.add_argument("--latents", required=True, help="latent directory (shards + index.json)")
-    parser.add_argument("--released", action="store_true",
-                        help="fetch latents.released_stats from the Hub instead of computing")
+    parser.add_argument(
+        "--released",
+        action="store_true",
+        help="fetch latents.released_stats from the Hub instead of computing",
+    )
 
 
 def main(args) -> int:

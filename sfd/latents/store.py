@@ -30,7 +30,9 @@ def shard_path(directory, shard: int) -> Path:
     return Path(directory) / f"shard-{shard:05d}.safetensors"
 
 
-def write_shard(directory, shard: int, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
+def write_shard(
+    directory, shard: int, tensors: dict[str, torch.Tensor], metadata: dict | None = None
+) -> Path:
     """Atomically write one shard. `metadata` goes into ONE safetensors metadata entry, as JSON:
     safetensors writes several entries in hash order, which would make equal shards differ."""
     path = shard_path(directory, shard)
@@ -47,8 +49,9 @@ def open_shard(path):
     except FileNotFoundError:
         raise MissingInputError(f"{path}: missing shard (rerun `sfd extract-latents` to redo it)") from None
     except Exception as err:
-        raise InputError(f"{path}: unreadable shard ({err}); rerun `sfd extract-latents` on its directory "
-                         "to redo it") from None
+        raise InputError(
+            f"{path}: unreadable shard ({err}); rerun `sfd extract-latents` on its directory to redo it"
+        ) from None
 
 
 def shard_metadata(path: Path) -> dict:
@@ -66,14 +69,22 @@ def write_index(directory, **extra) -> dict:
         with open_shard(path) as f:
             count = f.get_slice("labels").get_shape()[0]
             if count and not keys:
-                keys = {k: {"dtype": str(f.get_slice(k).get_dtype()), "shape": f.get_slice(k).get_shape()[1:]}
-                        for k in f.keys()}
+                keys = {
+                    k: {"dtype": str(f.get_slice(k).get_dtype()), "shape": f.get_slice(k).get_shape()[1:]}
+                    for k in f.keys()
+                }
         shards.append({"file": path.name, "count": count, "skipped": meta.get("skipped", [])})
         skipped += meta.get("skipped", [])
     if not shards:
         raise MissingInputError(f"{directory}: no shard-*.safetensors to index")
-    index = {"format": FORMAT, "num_items": sum(s["count"] for s in shards), "keys": keys,
-             "num_skipped": len(skipped), "shards": shards, **extra}
+    index = {
+        "format": FORMAT,
+        "num_items": sum(s["count"] for s in shards),
+        "keys": keys,
+        "num_skipped": len(skipped),
+        "shards": shards,
+        **extra,
+    }
     write_json(index, directory / INDEX)
     return index
 
@@ -88,8 +99,9 @@ def read_index(directory) -> dict:
     try:
         index = json.loads(path.read_text())
     except ValueError as err:
-        raise InputError(f"{path}: not valid JSON ({err}); rerun `sfd extract-latents` to rewrite it") \
-            from None
+        raise InputError(
+            f"{path}: not valid JSON ({err}); rerun `sfd extract-latents` to rewrite it"
+        ) from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise InputError(f"{path}: format {index.get('format')!r}, expected {FORMAT!r}")
     for key in (TEXTURE, SEMANTIC, FEATS, "labels"):

@@ -34,7 +34,8 @@ def forward_flops(model_cfg: dict, input_size: int, *, repa_head: bool) -> int:
     semantic_first = model_cfg["semfirst_delta_t"] > 0 and model_cfg["semantic_chans"] > 0
     embed_width = width // 2 if semantic_first else width
     time_embed = (2 if semantic_first else 1) * (
-        _linear(TIME_FREQUENCY_DIM, embed_width) + _linear(embed_width, embed_width))
+        _linear(TIME_FREQUENCY_DIM, embed_width) + _linear(embed_width, embed_width)
+    )
 
     adaln_chunks = 4 if model_cfg["wo_shift"] else 6
     if model_cfg["use_swiglu"]:
@@ -46,8 +47,13 @@ def forward_flops(model_cfg: dict, input_size: int, *, repa_head: bool) -> int:
     attention = qkv_proj + 2 * _linear(width, tokens, tokens)  # q·kᵀ and softmax·v, all heads
     block = _linear(width, adaln_chunks * width) + attention + mlp
 
-    total = (_linear(patch_dim, width, tokens) + time_embed + depth * block
-             + _linear(width, 2 * width) + _linear(width, patch_dim, tokens))
+    total = (
+        _linear(patch_dim, width, tokens)
+        + time_embed
+        + depth * block
+        + _linear(width, 2 * width)
+        + _linear(width, patch_dim, tokens)
+    )
     if repa_head and model_cfg["use_repa"]:
         hidden, out = model_cfg["repa_hidden_dim"], repa_out_dim(model_cfg)
         total += _linear(width, hidden, tokens) + _linear(hidden, hidden, tokens)

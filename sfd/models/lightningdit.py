@@ -12,13 +12,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sfd.config import validate
-from sfd.models.sizes import MODEL_SIZES, parse_model_type, repa_out_dim
 from sfd.models.embeddings import (
     LabelEmbedder,
     TimestepEmbedder,
     VisionRope,
     sincos_pos_embed_2d,
 )
+from sfd.models.sizes import MODEL_SIZES, parse_model_type, repa_out_dim
 
 
 class RMSNorm(nn.Module):
@@ -233,12 +233,16 @@ class LightningDiT(nn.Module):
             for _ in range(depth)
         )
         self.final_layer = FinalLayer(hidden_size, patch_size**2 * in_chans, use_rmsnorm)
-        self.repa_projector = None if repa_out_dim is None else nn.Sequential(
-            nn.Linear(hidden_size, repa_hidden_dim),
-            nn.SiLU(),
-            nn.Linear(repa_hidden_dim, repa_hidden_dim),
-            nn.SiLU(),
-            nn.Linear(repa_hidden_dim, repa_out_dim),
+        self.repa_projector = (
+            None
+            if repa_out_dim is None
+            else nn.Sequential(
+                nn.Linear(hidden_size, repa_hidden_dim),
+                nn.SiLU(),
+                nn.Linear(repa_hidden_dim, repa_hidden_dim),
+                nn.SiLU(),
+                nn.Linear(repa_hidden_dim, repa_out_dim),
+            )
         )
         self.initialize_weights()
 

@@ -31,8 +31,8 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 from torchvision import transforms
 
-from sfd.config import ConfigError
 from sfd.checkpoint import CheckpointError, load_strict
+from sfd.config import ConfigError
 from sfd.errors import MissingInputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -62,7 +62,7 @@ class SemanticEncoder(nn.Module):
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Patch tokens of normalised pixels at img_size: after the final norm, without class and
         register tokens (DINOv2 `x_norm_patchtokens`). Called directly on the SemVAE-training path."""
-        return self.vit.forward_features(pixels)[:, self.vit.num_prefix_tokens:]
+        return self.vit.forward_features(pixels)[:, self.vit.num_prefix_tokens :]
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens [B, L, D] of x in [-1, 1] at the data resolution (latent-extraction path)."""
@@ -71,12 +71,14 @@ class SemanticEncoder(nn.Module):
 
 def feature_transform(cfg: dict) -> transforms.Compose:
     """SemVAE-training preprocessing of a RAW PIL image (official get_preprocess_transform)."""
-    return transforms.Compose([
-        transforms.Resize(cfg["feature_resize"], interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(cfg["img_size"]),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return transforms.Compose(
+        [
+            transforms.Resize(cfg["feature_resize"], interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(cfg["img_size"]),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def _unfuse_attention(vit: nn.Module) -> None:
@@ -87,7 +89,10 @@ def _unfuse_attention(vit: nn.Module) -> None:
 
 def _create(cfg: dict, num_classes: int, pretrained: bool) -> nn.Module:
     vit = timm.create_model(
-        cfg["timm_model"], pretrained=pretrained, img_size=cfg["img_size"], num_classes=num_classes,
+        cfg["timm_model"],
+        pretrained=pretrained,
+        img_size=cfg["img_size"],
+        num_classes=num_classes,
         **cfg["timm_kwargs"],
     )
     _unfuse_attention(vit)
@@ -112,8 +117,9 @@ def read_weights(path) -> dict[str, torch.Tensor]:
             return load_file(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path}: not a readable encoder weights file (truncated?): "
-                              f"{type(err).__name__}") from None
+        raise CheckpointError(
+            f"{path}: not a readable encoder weights file (truncated?): {type(err).__name__}"
+        ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a state dict (a {type(state).__name__})")
     return state.get("model", state)

@@ -20,8 +20,8 @@ from sfd.semantic.train_semvae import derive_seed, evaluate
 log = logging.getLogger(__name__)
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('seed', 'semvae.train.eval_samples', 'semvae.train.eval_batch_size', 'semvae.train.mixed_precision')
-ALSO_READS = ('device',)
+READS = ("seed", "semvae.train.eval_samples", "semvae.train.eval_batch_size", "semvae.train.mixed_precision")
+ALSO_READS = ("device",)
 
 
 def add_arguments(parser) -> None:
@@ -37,12 +37,22 @@ def main(args) -> int:
     model = load_semvae(args.checkpoint).to(device)
     data = FeatureShards(args.features)
     if data.dim != model.arch.input_dim:
-        raise ValueError(f"{args.features}: features have dim {data.dim}, "
-                         f"{args.checkpoint} expects input_dim {model.arch.input_dim}")
+        raise ValueError(
+            f"{args.features}: features have dim {data.dim}, "
+            f"{args.checkpoint} expects input_dim {model.arch.input_dim}"
+        )
     indices = np.arange(min(t["eval_samples"], len(data)))
-    metrics = evaluate(model, data, indices, t["eval_batch_size"], device, t["mixed_precision"],
-                       derive_seed(exp["seed"], 3))
-    log.info("%s on %d items: per-token cosine %.4f  mse %.5f  l1 %.5f  kl %.2f", args.checkpoint,
-             len(indices), metrics["cosine"], metrics["mse"], metrics["l1"], metrics["kl"])
+    metrics = evaluate(
+        model, data, indices, t["eval_batch_size"], device, t["mixed_precision"], derive_seed(exp["seed"], 3)
+    )
+    log.info(
+        "%s on %d items: per-token cosine %.4f  mse %.5f  l1 %.5f  kl %.2f",
+        args.checkpoint,
+        len(indices),
+        metrics["cosine"],
+        metrics["mse"],
+        metrics["l1"],
+        metrics["kl"],
+    )
     write_json({"checkpoint": str(args.checkpoint), "items": len(indices), **metrics}, args.out)
     return 0

@@ -35,8 +35,15 @@ from sfd.semantic.encoder import feature_transform, load_encoder
 log = logging.getLogger(__name__)
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('semantic_encoder.pretrained', 'semantic_encoder.timm_model', 'semantic_encoder.timm_kwargs', 'semantic_encoder.img_size', 'semantic_encoder.feature_resize', 'semantic_encoder.shard_size')
-ALSO_READS = ('device', 'semantic_encoder.num_workers')
+READS = (
+    "semantic_encoder.pretrained",
+    "semantic_encoder.timm_model",
+    "semantic_encoder.timm_kwargs",
+    "semantic_encoder.img_size",
+    "semantic_encoder.feature_resize",
+    "semantic_encoder.shard_size",
+)
+ALSO_READS = ("device", "semantic_encoder.num_workers")
 
 
 class RawImages(Dataset):
@@ -79,8 +86,10 @@ class FeatureShards:
             index = json.loads(index_path.read_text())
             self.num_tokens, self.dim = index["num_tokens"], index["dim"]
         except (ValueError, KeyError, TypeError) as err:
-            raise InputError(f"{index_path}: not a features index ({type(err).__name__}: {err}); rerun "
-                             "`sfd extract-features`") from None
+            raise InputError(
+                f"{index_path}: not a features index ({type(err).__name__}: {err}); rerun "
+                "`sfd extract-features`"
+            ) from None
         self.files = [self.directory / s["file"] for s in index["shards"]]
         self.starts = np.cumsum([0] + [s["count"] for s in index["shards"]])
         self._handles = {}
@@ -93,8 +102,10 @@ class FeatureShards:
             try:
                 self._handles[shard] = safe_open(str(self.files[shard]), framework="pt")
             except Exception as err:
-                raise InputError(f"{self.files[shard]}: unreadable features shard ({err}); rerun "
-                                 "`sfd extract-features` on its directory to redo it") from None
+                raise InputError(
+                    f"{self.files[shard]}: unreadable features shard ({err}); rerun "
+                    "`sfd extract-features` on its directory to redo it"
+                ) from None
         return self._handles[shard]
 
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,16 +115,15 @@ class FeatureShards:
             shard = int(np.searchsorted(self.starts, i, side="right")) - 1
             j = i - int(self.starts[shard])
             handle = self._open(shard)
-            tokens.append(handle.get_slice("patch_tokens")[j:j + 1])
-            labels.append(handle.get_slice("labels")[j:j + 1])
+            tokens.append(handle.get_slice("patch_tokens")[j : j + 1])
+            labels.append(handle.get_slice("labels")[j : j + 1])
         return torch.cat(tokens).float(), torch.cat(labels)
 
 
 def _fingerprint(cfg: dict, encoder_path, data: RawImages, limit: int) -> str:
     encoder = sha256(encoder_path) if encoder_path else f"hub:{cfg['timm_model']}"
     section = {k: v for k, v in cfg.items() if k not in ("train", "num_workers")}
-    key = {"semantic_encoder": section, "encoder": encoder, "data": str(data.path.resolve()),
-           "count": limit}
+    key = {"semantic_encoder": section, "encoder": encoder, "data": str(data.path.resolve()), "count": limit}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -138,8 +148,9 @@ def extract(cfg: dict, data_path, encoder_path, out_dir, device, limit=None, bat
         return _extract(cfg, data, encoder, encoder_path, Path(out_dir), device, limit, batch_size)
 
 
-def _extract(cfg: dict, data: RawImages, encoder, encoder_path, out_dir: Path, device, limit,
-             batch_size: int) -> dict:
+def _extract(
+    cfg: dict, data: RawImages, encoder, encoder_path, out_dir: Path, device, limit, batch_size: int
+) -> dict:
     count = len(data) if limit is None else min(limit, len(data))
     fingerprint = _fingerprint(cfg, encoder_path, data, count)
     size = cfg["shard_size"]
@@ -153,21 +164,32 @@ def _extract(cfg: dict, data: RawImages, encoder, encoder_path, out_dir: Path, d
             bar.update(len(indices))
             continue
         tokens, labels = [], []
-        for pixels, label in DataLoader(Subset(data, indices), batch_size=batch_size,
-                                        num_workers=cfg["num_workers"]):
+        for pixels, label in DataLoader(
+            Subset(data, indices), batch_size=batch_size, num_workers=cfg["num_workers"]
+        ):
             tokens.append(encoder.features(pixels.to(device)).half().cpu())
             labels.append(label.long())
             bar.update(len(label))
         with atomic_path(path) as tmp:
-            save_file({"patch_tokens": torch.cat(tokens).contiguous(), "labels": torch.cat(labels)},
-                      str(tmp), metadata={"fingerprint": fingerprint})
+            save_file(
+                {"patch_tokens": torch.cat(tokens).contiguous(), "labels": torch.cat(labels)},
+                str(tmp),
+                metadata={"fingerprint": fingerprint},
+            )
         log.info("wrote %s (%d images)", path, len(indices))
     bar.close()
-    index = {"num_samples": count, "num_tokens": encoder.num_tokens, "dim": encoder.dim,
-             "dtype": "float16", "fingerprint": fingerprint, "data": str(data.path),
-             "encoder": str(encoder_path) if encoder_path else f"hub:{cfg['timm_model']}",
-             "preprocessing": f"Resize({cfg['feature_resize']}, bicubic) + CenterCrop({cfg['img_size']})"
-                              " + ImageNet mean/std", "shards": shards}
+    index = {
+        "num_samples": count,
+        "num_tokens": encoder.num_tokens,
+        "dim": encoder.dim,
+        "dtype": "float16",
+        "fingerprint": fingerprint,
+        "data": str(data.path),
+        "encoder": str(encoder_path) if encoder_path else f"hub:{cfg['timm_model']}",
+        "preprocessing": f"Resize({cfg['feature_resize']}, bicubic) + CenterCrop({cfg['img_size']})"
+        " + ImageNet mean/std",
+        "shards": shards,
+    }
     write_json(index, out_dir / "index.json")
     return index
 
@@ -175,17 +197,35 @@ def _extract(cfg: dict, data: RawImages, encoder, encoder_path, out_dir: Path, d
 def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML (section semantic_encoder)")
     parser.add_argument("--data", required=True, help="toy .npz or ImageNet-style class folder of raw images")
-    parser.add_argument("--encoder", default=None,
-                        help="encoder weights (toy: from train-semantic-encoder); default: timm Hub weights")
+    parser.add_argument(
+        "--encoder",
+        default=None,
+        help="encoder weights (toy: from train-semantic-encoder); default: timm Hub weights",
+    )
     parser.add_argument("--out", required=True, help="output directory of feature shards")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N images (e.g. 500 val images)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="only the first N images (e.g. 500 val images)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
 
 
 def main(args) -> int:
     cfg = view(args.config, __name__)
-    index = extract(cfg["semantic_encoder"], args.data, args.encoder, args.out, get_device(cfg["device"]),
-                    limit=args.limit, batch_size=args.batch_size)
-    log.info("%d images -> %s: patch_tokens [N, %d, %d] in %d shards", index["num_samples"], args.out,
-             index["num_tokens"], index["dim"], len(index["shards"]))
+    index = extract(
+        cfg["semantic_encoder"],
+        args.data,
+        args.encoder,
+        args.out,
+        get_device(cfg["device"]),
+        limit=args.limit,
+        batch_size=args.batch_size,
+    )
+    log.info(
+        "%d images -> %s: patch_tokens [N, %d, %d] in %d shards",
+        index["num_samples"],
+        args.out,
+        index["num_tokens"],
+        index["dim"],
+        len(index["shards"]),
+    )
     return 0

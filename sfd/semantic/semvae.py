@@ -52,13 +52,22 @@ class SemVAEArch:
     def from_official(cls, model: dict, input_dim: int) -> "SemVAEArch":
         """From the `model:` section of an official SemVAE config (configs/semvae_train/*.yaml)."""
         params = {k: v for k, v in (model.get("params") or {}).items() if k in cls.PARAMS}
-        return cls(input_dim=input_dim, bottleneck_dim=model["bottleneck_dim"], arch=model["arch"],
-                   variational=model["variational"], **params)
+        return cls(
+            input_dim=input_dim,
+            bottleneck_dim=model["bottleneck_dim"],
+            arch=model["arch"],
+            variational=model["variational"],
+            **params,
+        )
 
     def official_model(self) -> dict:
         """This architecture as an official `model:` section (what checkpoints embed)."""
-        return {"variational": self.variational, "bottleneck_dim": self.bottleneck_dim, "arch": self.arch,
-                "params": {k: getattr(self, k) for k in self.PARAMS}}
+        return {
+            "variational": self.variational,
+            "bottleneck_dim": self.bottleneck_dim,
+            "arch": self.arch,
+            "params": {k: getattr(self, k) for k in self.PARAMS},
+        }
 
 
 class SwiGLU(nn.Module):
@@ -100,8 +109,10 @@ class TransformerBlock(nn.Module):
 def _swiglu_chain(dims: list[int], linear_last: bool) -> list[nn.Module]:
     """SwiGLU layers through `dims`, the last one a plain Linear when `linear_last`."""
     pairs = list(zip(dims[:-1], dims[1:]))
-    return [nn.Linear(a, b) if linear_last and i == len(pairs) - 1 else SwiGLU(a, b)
-            for i, (a, b) in enumerate(pairs)]
+    return [
+        nn.Linear(a, b) if linear_last and i == len(pairs) - 1 else SwiGLU(a, b)
+        for i, (a, b) in enumerate(pairs)
+    ]
 
 
 def _layers(a: SemVAEArch, d_in: int, d_out: int, encoder: bool) -> list[nn.Module]:
@@ -114,7 +125,11 @@ def _layers(a: SemVAEArch, d_in: int, d_out: int, encoder: bool) -> list[nn.Modu
     if a.arch == "resnet":
         blocks = [ResBlock(h) for _ in range(a.num_res_blocks)]
         if encoder:
-            return [nn.Linear(d_in, h), *blocks, *_swiglu_chain([h] * a.num_layers + [d_out], linear_last=True)]
+            return [
+                nn.Linear(d_in, h),
+                *blocks,
+                *_swiglu_chain([h] * a.num_layers + [d_out], linear_last=True),
+            ]
         return [*_swiglu_chain([d_in] + [h] * a.num_layers, linear_last=False), *blocks, nn.Linear(h, d_out)]
     if a.arch == "transformer":
         blocks = [TransformerBlock(h, a.transformer_heads) for _ in range(a.transformer_blocks)]
@@ -199,8 +214,9 @@ def arch_from_checkpoint(ckpt: dict, source) -> SemVAEArch:
     try:
         arch = SemVAEArch.from_official(_resolve(config["model"], config), int(ckpt["input_dim"]))
     except (KeyError, TypeError) as err:
-        raise CheckpointError(f"{source}: embedded config `model:` section: missing or bad key {err}") \
-            from None
+        raise CheckpointError(
+            f"{source}: embedded config `model:` section: missing or bad key {err}"
+        ) from None
     if arch.arch not in ARCHS:
         raise CheckpointError(f"{source}: unknown arch {arch.arch!r} in the embedded config")
     return arch

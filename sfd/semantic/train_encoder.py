@@ -29,8 +29,15 @@ from sfd.semantic.encoder import SemanticEncoder, build_encoder
 log = logging.getLogger(__name__)
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('seed', 'semantic_encoder.pretrained', 'semantic_encoder.timm_model', 'semantic_encoder.timm_kwargs', 'semantic_encoder.img_size', 'semantic_encoder.train')
-ALSO_READS = ('device',)
+READS = (
+    "seed",
+    "semantic_encoder.pretrained",
+    "semantic_encoder.timm_model",
+    "semantic_encoder.timm_kwargs",
+    "semantic_encoder.img_size",
+    "semantic_encoder.train",
+)
+ALSO_READS = ("device",)
 
 
 def load_npz_images(path) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -46,7 +53,7 @@ def augment(x: torch.Tensor, padding: int, hflip: bool, generator: torch.Generat
     if padding:
         padded = F.pad(x, (padding,) * 4, mode="reflect")
         dy, dx = torch.randint(0, 2 * padding + 1, (2, b), generator=generator)
-        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+        x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
     if hflip:
         flip = torch.rand(b, generator=generator) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -54,12 +61,14 @@ def augment(x: torch.Tensor, padding: int, hflip: bool, generator: torch.Generat
 
 
 @torch.no_grad()
-def accuracy(encoder: SemanticEncoder, x: torch.Tensor, labels: torch.Tensor, device, batch_size=256) -> float:
+def accuracy(
+    encoder: SemanticEncoder, x: torch.Tensor, labels: torch.Tensor, device, batch_size=256
+) -> float:
     encoder.eval()
     correct = 0
     for i in range(0, len(x), batch_size):
-        logits = encoder.vit(encoder.preprocess(x[i:i + batch_size].to(device)))
-        correct += (logits.argmax(1).cpu() == labels[i:i + batch_size]).sum().item()
+        logits = encoder.vit(encoder.preprocess(x[i : i + batch_size].to(device)))
+        correct += (logits.argmax(1).cpu() == labels[i : i + batch_size]).sum().item()
     encoder.train()
     return correct / len(x)
 
@@ -70,7 +79,7 @@ def sincos_position_start(encoder: SemanticEncoder) -> None:
     grid = encoder.vit.patch_embed.grid_size
     with torch.no_grad():
         table = build_sincos2d_pos_embed(list(grid), encoder.dim)
-        encoder.vit.pos_embed[:, -table.shape[0]:] = table
+        encoder.vit.pos_embed[:, -table.shape[0] :] = table
 
 
 def lr_at(step: int, t: dict) -> float:
@@ -120,14 +129,33 @@ def main(args) -> int:
     exp = view(args.config, __name__)
     cfg = exp["semantic_encoder"]
     if cfg["pretrained"]:
-        raise ConfigError(f"{args.config}: semantic_encoder.pretrained is true; only an encoder "
-                          "with pretrained: false is trained here")
+        raise ConfigError(
+            f"{args.config}: semantic_encoder.pretrained is true; only an encoder "
+            "with pretrained: false is trained here"
+        )
     x, labels, num_classes = load_npz_images(args.data)
     device = get_device(exp["device"])
     encoder, acc, seconds = train(cfg, x, labels, num_classes, exp["seed"], device)
-    log.info("held-out accuracy %.4f (%d classes, chance %.4f), %.1f s", acc, num_classes, 1 / num_classes, seconds)
-    torch_save({"model": encoder.vit.state_dict(), "semantic_encoder": plain(cfg), "num_classes": num_classes,
-                "steps": cfg["train"]["steps"], "holdout_accuracy": acc}, args.out)
-    write_json({"holdout_accuracy": acc, "num_classes": num_classes, "steps": cfg["train"]["steps"],
-                "train_seconds": seconds}, f"{args.out}.json")
+    log.info(
+        "held-out accuracy %.4f (%d classes, chance %.4f), %.1f s", acc, num_classes, 1 / num_classes, seconds
+    )
+    torch_save(
+        {
+            "model": encoder.vit.state_dict(),
+            "semantic_encoder": plain(cfg),
+            "num_classes": num_classes,
+            "steps": cfg["train"]["steps"],
+            "holdout_accuracy": acc,
+        },
+        args.out,
+    )
+    write_json(
+        {
+            "holdout_accuracy": acc,
+            "num_classes": num_classes,
+            "steps": cfg["train"]["steps"],
+            "train_seconds": seconds,
+        },
+        f"{args.out}.json",
+    )
     return 0

@@ -39,8 +39,8 @@ from sfd.semantic.semvae import SemanticVAE, SemVAEArch
 log = logging.getLogger(__name__)
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('seed', 'semvae')
-ALSO_READS = ('device',)
+READS = ("seed", "semvae")
+ALSO_READS = ("device",)
 
 LOSS_MOMENTUM = 0.99  # official LossTracker: exponential moving averages of the step losses
 
@@ -56,7 +56,9 @@ def semvae_losses(recon: torch.Tensor, target: torch.Tensor, kl: torch.Tensor, t
     l1 = F.l1_loss(recon, target)
     cos_loss = 1 - F.cosine_similarity(recon, target).mean()  # dim=1: across tokens, per channel
     kl_loss = kl.mean()
-    total = t["mse_weight"] * mse + t["l1_weight"] * l1 + t["cos_weight"] * cos_loss + t["kl_weight"] * kl_loss
+    total = (
+        t["mse_weight"] * mse + t["l1_weight"] * l1 + t["cos_weight"] * cos_loss + t["kl_weight"] * kl_loss
+    )
     return {"mse": mse, "l1": l1, "cos_loss": cos_loss, "kl_loss": kl_loss, "total": total}
 
 
@@ -72,11 +74,15 @@ def build_scheduler(opt: torch.optim.Optimizer, t: dict) -> torch.optim.lr_sched
     constant = t["constant_steps"]
     cosine = max(t["iterations"] - warmup - constant, 1)
     sched = torch.optim.lr_scheduler
-    return sched.SequentialLR(opt, [
-        sched.LinearLR(opt, start_factor=0.01, end_factor=1.0, total_iters=warmup),
-        sched.ConstantLR(opt, factor=1.0, total_iters=constant),
-        sched.CosineAnnealingLR(opt, T_max=cosine, eta_min=t["lr"] * t["min_lr_factor"]),
-    ], milestones=[warmup, warmup + constant])
+    return sched.SequentialLR(
+        opt,
+        [
+            sched.LinearLR(opt, start_factor=0.01, end_factor=1.0, total_iters=warmup),
+            sched.ConstantLR(opt, factor=1.0, total_iters=constant),
+            sched.CosineAnnealingLR(opt, T_max=cosine, eta_min=t["lr"] * t["min_lr_factor"]),
+        ],
+        milestones=[warmup, warmup + constant],
+    )
 
 
 class EpochOrder:
@@ -92,18 +98,25 @@ class EpochOrder:
         if epoch != self._epoch:
             generator = torch.Generator().manual_seed(derive_seed(self.seed, 1, epoch))
             self._epoch, self._perm = epoch, torch.randperm(self.items, generator=generator)
-        return self._perm[position * self.batch_size:(position + 1) * self.batch_size]
+        return self._perm[position * self.batch_size : (position + 1) * self.batch_size]
 
 
 @torch.no_grad()
-def evaluate(model: SemanticVAE, shards: FeatureShards, indices, batch_size: int, device,
-             mixed_precision: bool, seed: int) -> dict:
+def evaluate(
+    model: SemanticVAE,
+    shards: FeatureShards,
+    indices,
+    batch_size: int,
+    device,
+    mixed_precision: bool,
+    seed: int,
+) -> dict:
     """Official eval metrics, each the mean of per-batch means; posterior noise from `seed`."""
     was_training = model.training
     model.eval()
     generator = torch.Generator(device).manual_seed(seed)
     sums = {"mse": 0.0, "l1": 0.0, "cosine": 0.0, "kl": 0.0}
-    batches = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     for batch in batches:
         target = shards.batch(batch)[0].to(device)
         with autocast(device, mixed_precision):
@@ -121,10 +134,14 @@ def checkpoint(model, opt, sched, iteration: int, averages: dict, section: dict)
     """The released `semantic_ae_final.pt` layout; `config` embeds the official `model:` section."""
     config = {"model": model.arch.official_model(), "training": section["train"]}
     return {
-        "iteration": iteration, "model_state_dict": model.state_dict(),
-        "optimizer_state_dict": opt.state_dict(), "scheduler_state_dict": sched.state_dict(),
-        "loss": averages.get("total", 0.0), "loss_averages": dict(averages),
-        "config": yaml.safe_dump(config, sort_keys=False), "input_dim": model.arch.input_dim,
+        "iteration": iteration,
+        "model_state_dict": model.state_dict(),
+        "optimizer_state_dict": opt.state_dict(),
+        "scheduler_state_dict": sched.state_dict(),
+        "loss": averages.get("total", 0.0),
+        "loss_averages": dict(averages),
+        "config": yaml.safe_dump(config, sort_keys=False),
+        "input_dim": model.arch.input_dim,
         "bottleneck_dim": model.arch.bottleneck_dim,
     }
 
@@ -136,8 +153,9 @@ def latest_checkpoint(directory: Path, device) -> tuple[Path, dict] | None:
         try:
             return path, torch.load(path, map_location=device, weights_only=True)
         except Exception as err:
-            log.warning("skipping unreadable checkpoint %s (%s); its steps are redone", path,
-                        type(err).__name__)
+            log.warning(
+                "skipping unreadable checkpoint %s (%s); its steps are redone", path, type(err).__name__
+            )
     return None
 
 
@@ -148,8 +166,10 @@ def eval_split(data: FeatureShards, eval_features, t: dict) -> tuple[FeatureShar
         eval_data = FeatureShards(eval_features)
         return eval_data, np.arange(min(t["eval_samples"], len(eval_data))), len(data)
     if len(data) <= t["eval_samples"]:
-        raise ConfigError(f"semvae.train.eval_samples: {t['eval_samples']} leaves no training items "
-                          f"of the {len(data)} in {data.directory}")
+        raise ConfigError(
+            f"semvae.train.eval_samples: {t['eval_samples']} leaves no training items "
+            f"of the {len(data)} in {data.directory}"
+        )
     train_items = len(data) - t["eval_samples"]
     return data, np.arange(train_items, len(data)), train_items
 
@@ -174,8 +194,15 @@ def train(exp: dict, features, eval_features, out, run_dir) -> dict:
         return _train(exp, data, eval_data, eval_indices, train_items, Path(out), Path(run_dir))
 
 
-def _train(exp: dict, data: FeatureShards, eval_data: FeatureShards, eval_indices, train_items: int,
-           out: Path, run_dir: Path) -> dict:
+def _train(
+    exp: dict,
+    data: FeatureShards,
+    eval_data: FeatureShards,
+    eval_indices,
+    train_items: int,
+    out: Path,
+    run_dir: Path,
+) -> dict:
     section, t, seed = exp["semvae"], exp["semvae"]["train"], exp["seed"]
     device = get_device(exp["device"])
     ckpt_dir = run_dir / "checkpoints"
@@ -192,20 +219,40 @@ def _train(exp: dict, data: FeatureShards, eval_data: FeatureShards, eval_indice
         sched.load_state_dict(state["scheduler_state_dict"])
         averages, start = dict(state["loss_averages"]), state["iteration"]
         log.info("resuming from %s (iteration %d)", latest, start)
-    log.info("Semantic VAE %s: %.2fM parameters, %d training items, %d eval items",
-             section["arch"], sum(p.numel() for p in model.parameters()) / 1e6, train_items, len(eval_indices))
+    log.info(
+        "Semantic VAE %s: %.2fM parameters, %d training items, %d eval items",
+        section["arch"],
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        train_items,
+        len(eval_indices),
+    )
 
     def run_eval(step: int) -> dict:
-        metrics = evaluate(model, eval_data, eval_indices, t["eval_batch_size"], device,
-                           t["mixed_precision"], derive_seed(seed, 3))
-        log.info("eval @ %d: per-token cosine %.4f  mse %.5f  l1 %.5f  kl %.2f",
-                 step, metrics["cosine"], metrics["mse"], metrics["l1"], metrics["kl"])
+        metrics = evaluate(
+            model,
+            eval_data,
+            eval_indices,
+            t["eval_batch_size"],
+            device,
+            t["mixed_precision"],
+            derive_seed(seed, 3),
+        )
+        log.info(
+            "eval @ %d: per-token cosine %.4f  mse %.5f  l1 %.5f  kl %.2f",
+            step,
+            metrics["cosine"],
+            metrics["mse"],
+            metrics["l1"],
+            metrics["kl"],
+        )
         append_jsonl({"step": step, "eval": metrics}, run_dir / "log.jsonl")
         return metrics
 
     order = EpochOrder(train_items, t["batch_size"], seed)
     started = time.time()
-    for step in tqdm(range(start, t["iterations"]), desc="train-semvae", initial=start, total=t["iterations"]):
+    for step in tqdm(
+        range(start, t["iterations"]), desc="train-semvae", initial=start, total=t["iterations"]
+    ):
         target = data.batch(order(step))[0].to(device)
         generator = torch.Generator(device).manual_seed(derive_seed(seed, 2, step))
         with autocast(device, t["mixed_precision"]):
@@ -217,7 +264,9 @@ def _train(exp: dict, data: FeatureShards, eval_data: FeatureShards, eval_indice
         sched.step()
         for key, value in losses.items():
             value = value.item()
-            averages[key] = value if key not in averages else LOSS_MOMENTUM * averages[key] + (1 - LOSS_MOMENTUM) * value
+            averages[key] = (
+                value if key not in averages else LOSS_MOMENTUM * averages[key] + (1 - LOSS_MOMENTUM) * value
+            )
         done = step + 1
         if done % t["log_every"] == 0 or done == t["iterations"]:
             append_jsonl({"step": done, "lr": opt.param_groups[0]["lr"], **averages}, run_dir / "log.jsonl")
@@ -228,18 +277,35 @@ def _train(exp: dict, data: FeatureShards, eval_data: FeatureShards, eval_indice
     seconds = time.time() - started
     metrics = run_eval(t["iterations"])
     torch_save(checkpoint(model, opt, sched, t["iterations"], averages, section), out)
-    write_json({"iterations": t["iterations"], "eval_items": len(eval_indices), **metrics,
-                "train_seconds_this_run": seconds, "loss_averages": averages}, run_dir / "metrics.json")
+    write_json(
+        {
+            "iterations": t["iterations"],
+            "eval_items": len(eval_indices),
+            **metrics,
+            "train_seconds_this_run": seconds,
+            "loss_averages": averages,
+        },
+        run_dir / "metrics.json",
+    )
     return metrics
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML (section semvae)")
-    parser.add_argument("--features", required=True, help="training features directory (sfd extract-features)")
-    parser.add_argument("--eval-features", default=None,
-                        help="held-out features directory; default: the last eval_samples items of --features")
-    parser.add_argument("--out", required=True, help="final checkpoint (released semantic_ae_final.pt layout)")
-    parser.add_argument("--run-dir", default=None, help="checkpoints/ and log.jsonl; default: <out stem>_run/")
+    parser.add_argument(
+        "--features", required=True, help="training features directory (sfd extract-features)"
+    )
+    parser.add_argument(
+        "--eval-features",
+        default=None,
+        help="held-out features directory; default: the last eval_samples items of --features",
+    )
+    parser.add_argument(
+        "--out", required=True, help="final checkpoint (released semantic_ae_final.pt layout)"
+    )
+    parser.add_argument(
+        "--run-dir", default=None, help="checkpoints/ and log.jsonl; default: <out stem>_run/"
+    )
 
 
 def main(args) -> int:

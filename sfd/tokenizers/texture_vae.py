@@ -17,7 +17,6 @@ from torch import nn
 from sfd.checkpoint import CheckpointError, first_mismatch, safe_load
 from sfd.errors import MissingInputError
 
-
 LOGVAR_RANGE = (-30.0, 20.0)
 
 
@@ -41,7 +40,9 @@ class AEArch:
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
         for mult in self.ch_mult:
             if (self.ch * mult) % self.norm_groups:
-                raise ValueError(f"texture VAE width {self.ch}*{mult} does not divide into norm_groups={self.norm_groups}")
+                raise ValueError(
+                    f"texture VAE width {self.ch}*{mult} does not divide into norm_groups={self.norm_groups}"
+                )
 
     @property
     def downsample_factor(self) -> int:

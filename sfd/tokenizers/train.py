@@ -23,7 +23,7 @@ from sfd.tokenizers.texture_vae import AEArch, TextureVAE, kl_divergence, save_t
 log = logging.getLogger(__name__)
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ('seed', 'texture_vae.arch', 'texture_vae.train')
+READS = ("seed", "texture_vae.arch", "texture_vae.train")
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -49,8 +49,9 @@ def train_texture_vae(images: np.ndarray, arch: dict, train: dict, seed: int) ->
     """Train on `images` (uint8 [N, H, W, 3]) minus a seeded hold-out; returns (model, metrics)."""
     holdout = train["holdout"]
     if holdout >= len(images):
-        raise ConfigError(f"texture_vae.train.holdout={holdout} leaves no training images out of "
-                          f"{len(images)}")
+        raise ConfigError(
+            f"texture_vae.train.holdout={holdout} leaves no training images out of {len(images)}"
+        )
     order = np.random.default_rng(seed).permutation(len(images))
     held, x_train = images[order[:holdout]], images_to_tensor(images[order[holdout:]])
     with torch.random.fork_rng(devices=[]):
@@ -77,14 +78,23 @@ def train_texture_vae(images: np.ndarray, arch: dict, train: dict, seed: int) ->
             row = {"step": step + 1, "loss": loss.item(), "l1": l1.item(), "kl": kl.item(), **val}
             history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", psnr=f"{val['psnr']:.2f}")
-            log.info("step %d loss %.4f l1 %.4f kl %.1f held-out mse %.2f psnr %.2f dB",
-                     row["step"], row["loss"], row["l1"], row["kl"], val["mse"], val["psnr"])
+            log.info(
+                "step %d loss %.4f l1 %.4f kl %.1f held-out mse %.2f psnr %.2f dB",
+                row["step"],
+                row["loss"],
+                row["l1"],
+                row["kl"],
+                val["mse"],
+                val["psnr"],
+            )
     metrics = {**history[-1], "seconds": time.perf_counter() - start, "holdout": holdout, "history": history}
     return model.eval(), metrics
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment YAML (texture_vae.arch, texture_vae.train)")
+    parser.add_argument(
+        "--config", required=True, help="experiment YAML (texture_vae.arch, texture_vae.train)"
+    )
     parser.add_argument("--data", required=True, help="toy train .npz")
     parser.add_argument("--out", required=True, help="tokenizer checkpoint (.pt)")
     parser.add_argument("--metrics", help="also write the final metrics as JSON here")

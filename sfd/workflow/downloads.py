@@ -38,18 +38,38 @@ def planned(exp: Experiment) -> list[Download]:
     if cfg["data"]["source"] == "hf":
         hf = cfg["data"]["hf"]
         for split, files in hf["files"].items():
-            out += [hub_file("fetch_imagenet", f"{root}/data/{split}", hf["repo_id"], f, hf["revision"], "dataset")
-                    for f in files]
+            out += [
+                hub_file(
+                    "fetch_imagenet", f"{root}/data/{split}", hf["repo_id"], f, hf["revision"], "dataset"
+                )
+                for f in files
+            ]
     pretrained = cfg["texture_vae"]["pretrained"]
     if pretrained is not None:
-        out.append(hub_file("fetch_tokenizer", f"{root}/tokenizer/texture_vae.pt", pretrained["repo_id"],
-                            pretrained["filename"], pretrained["revision"], pretrained["repo_type"]))
+        out.append(
+            hub_file(
+                "fetch_tokenizer",
+                f"{root}/tokenizer/texture_vae.pt",
+                pretrained["repo_id"],
+                pretrained["filename"],
+                pretrained["revision"],
+                pretrained["repo_type"],
+            )
+        )
     encoder = cfg["semantic_encoder"]
     if encoder["pretrained"]:
         weights = encoder["weights"]
         suffix = os.path.splitext(weights["filename"])[1]
-        out.append(hub_file("fetch_encoder", f"{root}/semantic/encoder{suffix}", weights["repo_id"],
-                            weights["filename"], weights["revision"], weights["repo_type"]))
+        out.append(
+            hub_file(
+                "fetch_encoder",
+                f"{root}/semantic/encoder{suffix}",
+                weights["repo_id"],
+                weights["filename"],
+                weights["revision"],
+                weights["repo_type"],
+            )
+        )
     if cfg["evaluation"]["detector"] == "inception":
         for asset in cfg["evaluation"]["assets"].values():
             url = asset["url"]
@@ -57,13 +77,28 @@ def planned(exp: Experiment) -> list[Download]:
     if exp.released_weights:
         stats = cfg["latents"]["released_stats"]
         for key in ("latents_stats", "latents_sv_stats"):
-            out.append(hub_file("fetch_released_stats", f"{root}/released/stats/{key}.pt", stats["repo_id"],
-                                stats[key], stats["revision"], stats["repo_type"]))
+            out.append(
+                hub_file(
+                    "fetch_released_stats",
+                    f"{root}/released/stats/{key}.pt",
+                    stats["repo_id"],
+                    stats[key],
+                    stats["revision"],
+                    stats["repo_type"],
+                )
+            )
         released = cfg["released"]
         for model, step in exp.released_weights:
             filename = released["checkpoints"][model].format(step=step)
-            out.append(hub_file("fetch_released", exp.ema(model, step, "released"), released["repo_id"],
-                                filename, released["revision"]))
+            out.append(
+                hub_file(
+                    "fetch_released",
+                    exp.ema(model, step, "released"),
+                    released["repo_id"],
+                    filename,
+                    released["revision"],
+                )
+            )
     return out
 
 
@@ -80,8 +115,9 @@ def remote_size(download: Download, timeout: float = 20.0) -> int | None:
         repo_id, filename, revision, repo_type = download.hub
         endpoint = os.environ.get("HF_ENDPOINT") or None
         url = hf_hub_url(repo_id, filename, repo_type=repo_type, revision=revision, endpoint=endpoint)
-        return get_hf_file_metadata(url, token=os.environ.get("HF_TOKEN") or None, endpoint=endpoint,
-                                    timeout=timeout).size
+        return get_hf_file_metadata(
+            url, token=os.environ.get("HF_TOKEN") or None, endpoint=endpoint, timeout=timeout
+        ).size
     except Exception:  # offline, gated without a token, not found: the configured size stands in
         return None
 
@@ -90,7 +126,9 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
 
 
-def sized(downloads: list[Download], configured: dict, online: bool) -> list[tuple[Download, int | None, str]]:
+def sized(
+    downloads: list[Download], configured: dict, online: bool
+) -> list[tuple[Download, int | None, str]]:
     """(download, bytes, where the number comes from: hub / config / unknown)."""
     rows = []
     for d in downloads:
@@ -127,8 +165,11 @@ def report(rows: list[tuple[Download, int | None, str]]) -> str:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML")
-    parser.add_argument("--offline", action="store_true",
-                        help="do not ask the Hub/servers for sizes (implied by HF_HUB_OFFLINE=1)")
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not ask the Hub/servers for sizes (implied by HF_HUB_OFFLINE=1)",
+    )
 
 
 def main(args) -> int:

@@ -38,7 +38,13 @@ def snakemake_jobs(experiment: str, root: Path, targets=(), config: dict | None 
     """Every job that `targets` (default: the workflow's default target) need for `experiment`
     from scratch, as Snakemake Job objects; `config` adds Snakemake config keys (a profile's)."""
     from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
+    from snakemake.settings.types import (
+        ConfigSettings,
+        DAGSettings,
+        OutputSettings,
+        Quietness,
+        ResourceSettings,
+    )
 
     root = Path(root).absolute()
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
@@ -98,9 +104,13 @@ def generate(root: Path, params_file: str = "params.yaml") -> str:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--root", type=Path, default=Path("."), help="repository root (Snakefile, params.yaml)")
+    parser.add_argument(
+        "--root", type=Path, default=Path("."), help="repository root (Snakefile, params.yaml)"
+    )
     parser.add_argument("--out", default="dvc.yaml", help="file to write, relative to --root")
-    parser.add_argument("--check", action="store_true", help="only compare with the file on disk; exit 1 if stale")
+    parser.add_argument(
+        "--check", action="store_true", help="only compare with the file on disk; exit 1 if stale"
+    )
 
 
 def main(args) -> int:

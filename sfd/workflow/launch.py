@@ -58,8 +58,11 @@ def prepare_state(state: Path, digest: str) -> bool:
             return True
         with directory_lock(state, sweep=()):  # never wipe the directory of a running command
             if any(p.is_file() and p.name != LOCK_NAME for p in state.rglob("*")):  # not just empty dirs
-                log.info("%s holds results of another configuration or input (%s): removing it",
-                         state, "no stamp" if previous is None else previous[:12])
+                log.info(
+                    "%s holds results of another configuration or input (%s): removing it",
+                    state,
+                    "no stamp" if previous is None else previous[:12],
+                )
             shutil.rmtree(state)
     state.mkdir(parents=True)
     write_json({"fingerprint": digest}, stamp)
@@ -72,8 +75,9 @@ def _visible(env, var: str) -> int:
 
 
 def _hostnames(nodelist: str) -> list[str]:
-    out = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["scontrol", "show", "hostnames", nodelist], check=True, capture_output=True, text=True
+    )
     return out.stdout.split()
 
 
@@ -88,20 +92,32 @@ def command_line(command: list[str], npus: int = 0, env=os.environ) -> list[str]
         return torchrun[:1] + ["--standalone"] + torchrun[1:] + command
     head = _hostnames(env["SLURM_JOB_NODELIST"])[0]
     return [
-        "srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
-        *torchrun, f"--nnodes={nodes}", "--rdzv-backend=c10d",
-        f"--rdzv-endpoint={head}:{RDZV_PORT}", f"--rdzv-id={env['SLURM_JOB_ID']}", *command,
+        "srun",
+        f"--nodes={nodes}",
+        "--ntasks-per-node=1",
+        "--kill-on-bad-exit=1",
+        *torchrun,
+        f"--nnodes={nodes}",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={head}:{RDZV_PORT}",
+        f"--rdzv-id={env['SLURM_JOB_ID']}",
+        *command,
     ]
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--state", type=Path, default=None,
-                        help="resumable output directory to stamp (see module docstring)")
+    parser.add_argument(
+        "--state", type=Path, default=None, help="resumable output directory to stamp (see module docstring)"
+    )
     parser.add_argument("--config", default=None, help="experiment YAML whose --keys are fingerprinted")
     parser.add_argument("--keys", nargs="*", default=[], help="dotted config keys the command reads")
     parser.add_argument("--inputs", nargs="*", default=[], help="input files of the job")
-    parser.add_argument("--npus", type=int, default=0,
-                        help="NPUs of the allocation per node (ASCEND_RT_VISIBLE_DEVICES when unset)")
+    parser.add_argument(
+        "--npus",
+        type=int,
+        default=0,
+        help="NPUs of the allocation per node (ASCEND_RT_VISIBLE_DEVICES when unset)",
+    )
     parser.add_argument("command", nargs="+", help="the command, after `--`")
 
 

@@ -105,9 +105,7 @@ class Experiment:
 
     def run(self, name: str) -> dict:
         if name not in self.cfg["runs"]:
-            raise ConfigError(
-                f"{self.path}: runs.{name}: no such run (known: {_known(self.cfg['runs'])})"
-            )
+            raise ConfigError(f"{self.path}: runs.{name}: no such run (known: {_known(self.cfg['runs'])})")
         return self.cfg["runs"][name]
 
     def table(self, name: str) -> dict:
@@ -170,9 +168,12 @@ def expand_replication(cfg: dict, source: str) -> dict:
                 models[_unused(cfg, "models", replicate(base, seed), source)] = replica
             guide = bases.get("guidance.model")
             runs[_unused(cfg, "runs", replicate(name, seed), source)] = {
-                "model": replicate(cond["model"], seed), "step": cond["step"], "source": "trained",
+                "model": replicate(cond["model"], seed),
+                "step": cond["step"],
+                "source": "trained",
                 "guidance": {**cond["guidance"], "model": guide and replicate(guide, seed)},
-                "num_samples": cond["num_samples"], "seed": cfg["sampling"]["seed"] + seed,
+                "num_samples": cond["num_samples"],
+                "seed": cfg["sampling"]["seed"] + seed,
             }
     return {**cfg, "models": models, "runs": runs}
 
@@ -211,7 +212,7 @@ def origin_keys(cfg: dict, key: str) -> list[str]:
                 origins[f"models.{replicate(base, seed)}"] = (f"models.{base}",)
     for prefix, (origin, *extra) in origins.items():
         if key == prefix or key.startswith(prefix + "."):
-            return [origin + key[len(prefix):], "replication.seeds", *extra]
+            return [origin + key[len(prefix) :], "replication.seeds", *extra]
     return [key]
 
 
@@ -278,15 +279,22 @@ def _check_weights(exp: Experiment, key: str, model, step, source: str) -> None:
 
 def _check_runs(exp: Experiment) -> None:
     cfg, src = exp.cfg, exp.path
-    if any(run["source"] == "released" for run in cfg["runs"].values()) and cfg["latents"]["released_stats"] is None:
-        raise ConfigError(f"{src}: latents.released_stats: runs with source released need the released statistics")
+    if (
+        any(run["source"] == "released" for run in cfg["runs"].values())
+        and cfg["latents"]["released_stats"] is None
+    ):
+        raise ConfigError(
+            f"{src}: latents.released_stats: runs with source released need the released statistics"
+        )
     for name, run in cfg["runs"].items():
         _check_weights(exp, f"runs.{name}.model", run["model"], run["step"], run["source"])
         guidance = run["guidance"]
         if guidance["kind"] == "autoguidance":
             if guidance["model"] is None or guidance["step"] is None:
                 raise ConfigError(f"{src}: runs.{name}.guidance: autoguidance needs model and step")
-            _check_weights(exp, f"runs.{name}.guidance.model", guidance["model"], guidance["step"], run["source"])
+            _check_weights(
+                exp, f"runs.{name}.guidance.model", guidance["model"], guidance["step"], run["source"]
+            )
         elif guidance["model"] is not None or guidance["step"] is not None:
             raise ConfigError(
                 f"{src}: runs.{name}.guidance: model/step are for autoguidance, kind is {guidance['kind']!r}"
@@ -297,7 +305,9 @@ def _check_runs(exp: Experiment) -> None:
                 f"{src}: runs.{name}.num_samples: {have} samples, fewer than evaluation.num_samples {wanted}"
             )
         if guidance["kind"] != "none" and guidance["scale"] <= 1:
-            raise ConfigError(f"{src}: runs.{name}.guidance.scale: {guidance['kind']} acts only when scale > 1")
+            raise ConfigError(
+                f"{src}: runs.{name}.guidance.scale: {guidance['kind']} acts only when scale > 1"
+            )
 
 
 def _check_replication(exp: Experiment) -> None:
@@ -319,7 +329,8 @@ def _check_replication(exp: Experiment) -> None:
         for key, cond in named:
             if cond not in rep["conditions"]:
                 raise ConfigError(
-                    f"{src}: replication.claims.{name}.{key}: {cond!r} is not a key of replication.conditions "
+                    f"{src}: replication.claims.{name}.{key}: {cond!r} is not a key of "
+                    "replication.conditions "
                     f"(known: {_known(rep['conditions'])})"
                 )
 
@@ -330,7 +341,8 @@ def _check_tables(exp: Experiment) -> None:
     for name, table in cfg["tables"].items():
         if table["paper"] is not None and table["paper"] not in paper:
             raise ConfigError(
-                f"{src}: tables.{name}.paper: {table['paper']!r} is not a paper table (known: {_known(paper)})"
+                f"{src}: tables.{name}.paper: {table['paper']!r} is not a paper table "
+                f"(known: {_known(paper)})"
             )
         for i, row in enumerate(table["rows"]):
             if row["run"] not in cfg["runs"]:

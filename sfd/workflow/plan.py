@@ -139,7 +139,9 @@ class Costs:
             model, step = wildcards["model"], int(wildcards["step"])
             train = cfg["models"][model]["train"]
             images = (step - (exp.previous_step(model, step) or 0)) * train["global_batch_size"]
-            return Cost(images * self.dit(model, True), "bf16" if train["mixed_precision"] == "bf16" else "fp32")
+            return Cost(
+                images * self.dit(model, True), "bf16" if train["mixed_precision"] == "bf16" else "fp32"
+            )
         if rule == "sample_run":
             run = exp.run(wildcards["run"])
             nfe = sampler_nfe(cfg["sampling"])
@@ -154,7 +156,10 @@ class Costs:
             return Cost(exp.num_samples(wildcards["run"]) * (nfe * forward + self.texture_decode), "fp32")
         if rule == "train_semvae":
             t = cfg["semvae"]["train"]
-            return Cost(t["iterations"] * t["batch_size"] * self.semvae_train, "bf16" if t["mixed_precision"] else "fp32")
+            return Cost(
+                t["iterations"] * t["batch_size"] * self.semvae_train,
+                "bf16" if t["mixed_precision"] else "fp32",
+            )
         if rule == "extract_features":
             return Cost(self.train_images * self.encoder_features, "fp32")
         if rule == "extract_latents":
@@ -222,8 +227,10 @@ def report(rows: list[RuleRow]) -> str:
         lines.append(f"{r.rule:<21} {r.jobs:>5} {r.devices or '-':>7} {flops:>12} {hours:>13}")
     costed = [r for r in rows if r.costed]
     total = "?" if any(r.hours is None for r in costed) else f"{sum(r.hours for r in costed):,.1f}"
-    lines.append(f"{'total':<21} {sum(r.jobs for r in rows):>5} {'':>7} "
-                 f"{sum(r.flops for r in costed) / 1e15:>12,.1f} {total:>13}")
+    lines.append(
+        f"{'total':<21} {sum(r.jobs for r in rows):>5} {'':>7} "
+        f"{sum(r.flops for r in costed) / 1e15:>12,.1f} {total:>13}"
+    )
     return "\n".join(lines)
 
 
@@ -234,18 +241,25 @@ def assumptions(exp: Experiment, settings: dict) -> str:
 
     nfe = sampler_nfe(exp.cfg["sampling"])
     sampling = exp.cfg["sampling"]
-    nfe_text = (f"{nfe} NFE per sample ({sampling['method']}"
-                + (", assumed: sampling.expected_nfe)" if sampling["method"] == "dopri5" else ")")
-                if nfe is not None else "dopri5 NFE unknown: set sampling.expected_nfe")
-    return (f"assumptions: peak TFLOP/s per device bf16 {peak('bf16')}, fp32 {peak('fp32')}; "
-            f"MFU {settings['mfu']:g}; {nfe_text}")
+    nfe_text = (
+        f"{nfe} NFE per sample ({sampling['method']}"
+        + (", assumed: sampling.expected_nfe)" if sampling["method"] == "dopri5" else ")")
+        if nfe is not None
+        else "dopri5 NFE unknown: set sampling.expected_nfe"
+    )
+    return (
+        f"assumptions: peak TFLOP/s per device bf16 {peak('bf16')}, fp32 {peak('fp32')}; "
+        f"MFU {settings['mfu']:g}; {nfe_text}"
+    )
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML")
     parser.add_argument("--profile", default=None, help="Snakemake profile directory (its config: entries)")
     parser.add_argument("--offline", action="store_true", help="download sizes from download_sizes only")
-    parser.add_argument("targets", nargs="*", help="Snakemake targets (default: the default target, every table)")
+    parser.add_argument(
+        "targets", nargs="*", help="Snakemake targets (default: the default target, every table)"
+    )
 
 
 def main(args) -> int:
@@ -256,8 +270,10 @@ def main(args) -> int:
     jobs = snakemake_jobs(args.config, Path("."), args.targets, profile)
     settings = jobs[0].rule.workflow.config  # the profile's entries, schema defaults filled
     rows = plan(exp, jobs, settings)
-    print(f"sfd plan: {args.config}, profile {args.profile or '(none)'}, "
-          f"targets {' '.join(args.targets) or '(default)'}, every job from scratch")
+    print(
+        f"sfd plan: {args.config}, profile {args.profile or '(none)'}, "
+        f"targets {' '.join(args.targets) or '(default)'}, every job from scratch"
+    )
     print(assumptions(exp, settings))
     print(report(rows))
     outputs = {str(out) for job in jobs for out in job.output}

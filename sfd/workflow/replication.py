@@ -37,8 +37,18 @@ log = logging.getLogger("sfd.replication")
 READS = ("name", "replication", "models", "sampling.seed")
 
 METRICS = ("fid", "class_acc")
-FIELDS = ("condition", "model", "model_type", "step", "delta_t", "guidance", "guidance_scale", "seeds", "n",
-          *(f"{m}_{part}" for m in METRICS for part in ("mean", "ci_low", "ci_high", "values")))
+FIELDS = (
+    "condition",
+    "model",
+    "model_type",
+    "step",
+    "delta_t",
+    "guidance",
+    "guidance_scale",
+    "seeds",
+    "n",
+    *(f"{m}_{part}" for m in METRICS for part in ("mean", "ci_low", "ci_high", "values")),
+)
 VERDICTS = ("replicates", "does not replicate (the opposite holds)", "inconclusive")
 
 
@@ -72,16 +82,27 @@ def condition_row(exp: Experiment, name: str, metrics: dict) -> dict:
     model = exp.cfg["models"][cond["model"]]["model"]
     guidance = cond["guidance"]
     row = {
-        "condition": name, "model": cond["model"], "model_type": model["model_type"], "step": cond["step"],
-        "delta_t": model["semfirst_delta_t"], "guidance": guidance["kind"],
+        "condition": name,
+        "model": cond["model"],
+        "model_type": model["model_type"],
+        "step": cond["step"],
+        "delta_t": model["semfirst_delta_t"],
+        "guidance": guidance["kind"],
         "guidance_scale": guidance["scale"] if guidance["kind"] != "none" else "",
-        "seeds": " ".join(map(str, rep["seeds"])), "n": len(rep["seeds"]),
+        "seeds": " ".join(map(str, rep["seeds"])),
+        "n": len(rep["seeds"]),
     }
     for m in METRICS:
         values = seed_values(exp, name, metrics, m)
         mean, low, high = interval(values, rep["confidence"])
-        row.update({f"{m}_mean": mean, f"{m}_ci_low": low, f"{m}_ci_high": high,
-                    f"{m}_values": " ".join(repr(v) for v in values)})
+        row.update(
+            {
+                f"{m}_mean": mean,
+                f"{m}_ci_low": low,
+                f"{m}_ci_high": high,
+                f"{m}_values": " ".join(repr(v) for v in values),
+            }
+        )
     return row
 
 
@@ -99,10 +120,14 @@ def speedup(claim: dict, rows: dict) -> str:
     final_step, final_fid = slow[-1]
     reached = [step for step, fid in fast if fid <= final_fid]
     if not reached:
-        return (f"{labels[0]} does not reach {labels[1]}'s final toy-FID {final_fid:.1f} "
-                f"within {fast[-1][0]} steps")
-    return (f"{labels[0]} reaches {labels[1]}'s final toy-FID {final_fid:.1f} (step {final_step}) at step "
-            f"{reached[0]}: speed-up {final_step / reached[0]:.2f}x (first measured step, no interpolation)")
+        return (
+            f"{labels[0]} does not reach {labels[1]}'s final toy-FID {final_fid:.1f} "
+            f"within {fast[-1][0]} steps"
+        )
+    return (
+        f"{labels[0]} reaches {labels[1]}'s final toy-FID {final_fid:.1f} (step {final_step}) at step "
+        f"{reached[0]}: speed-up {final_step / reached[0]:.2f}x (first measured step, no interpolation)"
+    )
 
 
 def interior_optimum(claim: dict, rows: dict) -> str:
@@ -112,8 +137,10 @@ def interior_optimum(claim: dict, rows: dict) -> str:
     points = sorted((rows[c]["delta_t"], rows[c]["fid_mean"]) for c in next(iter(claim["curves"].values())))
     best = min(range(len(points)), key=lambda i: points[i][1])
     inside = 0 < best < len(points) - 1
-    return (f"lowest mean toy-FID at Δt = {points[best][0]} ({points[best][1]:.1f}): "
-            f"{'an interior optimum' if inside else 'at the end of the sweep, no interior optimum'}")
+    return (
+        f"lowest mean toy-FID at Δt = {points[best][0]} ({points[best][1]:.1f}): "
+        f"{'an interior optimum' if inside else 'at the end of the sweep, no interior optimum'}"
+    )
 
 
 def claim_result(exp: Experiment, name: str, metrics: dict, rows: dict) -> dict:
@@ -121,8 +148,10 @@ def claim_result(exp: Experiment, name: str, metrics: dict, rows: dict) -> dict:
     claim = rep["claims"][name]
     result = {"name": name, **claim}
     for m, sign in (("fid", 1), ("class_acc", -1)):  # both oriented so that > 0 favours `better`
-        diffs = sign * (np.array(seed_values(exp, claim["than"], metrics, m))
-                        - np.array(seed_values(exp, claim["better"], metrics, m)))
+        diffs = sign * (
+            np.array(seed_values(exp, claim["than"], metrics, m))
+            - np.array(seed_values(exp, claim["better"], metrics, m))
+        )
         result[m] = interval(diffs, rep["confidence"])
     result["verdict"] = verdict(*result["fid"][1:])
     result["speedup"] = speedup(claim, rows)
@@ -153,19 +182,24 @@ def report(exp: Experiment, rows: dict, claims: list[dict], figures: dict) -> st
     rep, pct = exp.cfg["replication"], f"{rep_pct(exp)} %"
     seeds = ", ".join(map(str, rep["seeds"]))
     lines = [
-        f"# Miniature replication ({exp.name} experiment)", "",
+        f"# Miniature replication ({exp.name} experiment)",
+        "",
         f"Seeds {seeds}: replicate s trains every DiT with train.seed_offset + s (its initialisation, data "
         f"order and training noise) and samples with sampling.seed ({exp.cfg['sampling']['seed']}) + s; "
         "tokenizers, semantic encoder, latents and the toy detector are shared. Numbers are toy-FID "
         "(lower is better) and class accuracy of the samples (toy detector vs conditioning label), "
-        f"mean [{pct} t-interval] over seeds. Toy-FID is not FID-50K.", "",
+        f"mean [{pct} t-interval] over seeds. Toy-FID is not FID-50K.",
+        "",
         f"Verdict rule: d = toy-FID(than) - toy-FID(better), paired by seed; its {pct} interval above 0: "
-        f"**{VERDICTS[0]}**; below 0: **{VERDICTS[1]}**; containing 0: **{VERDICTS[2]}**.", "",
+        f"**{VERDICTS[0]}**; below 0: **{VERDICTS[1]}**; containing 0: **{VERDICTS[2]}**.",
+        "",
     ]
     for c in claims:
         better, than = rows[c["better"]], rows[c["than"]]
         lines += [
-            f"## {c['title']}", "", f"- Paper: {c['paper']}",
+            f"## {c['title']}",
+            "",
+            f"- Paper: {c['paper']}",
             f"- Measured: {c['better']} toy-FID {_measured(better, 'fid')}, class acc "
             f"{_measured(better, 'class_acc')}; {c['than']} toy-FID {_measured(than, 'fid')}, class acc "
             f"{_measured(than, 'class_acc')}",
@@ -174,8 +208,12 @@ def report(exp: Experiment, rows: dict, claims: list[dict], figures: dict) -> st
         ]
         lines += [f"- {extra}" for extra in (c["optimum"], c["speedup"]) if extra]
         lines += [f"- Verdict: **{c['verdict']}**", "", f"![{c['name']}]({figures[c['name']]})", ""]
-    lines += ["## All conditions", "", "| condition | model | step | Δt | guidance | toy-FID | class acc |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "## All conditions",
+        "",
+        "| condition | model | step | Δt | guidance | toy-FID | class acc |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows.values():
         guidance = r["guidance"] + (f" {r['guidance_scale']}" if r["guidance_scale"] != "" else "")
         lines.append(
@@ -244,6 +282,11 @@ def main(args) -> int:
     write_text(to_csv(list(rows.values())), args.csv)
     relative = {k: os.path.relpath(p, args.report.parent) for k, p in figures.items()}
     write_text(report(exp, rows, claims, relative), args.report)
-    log.info("wrote %s, %s and %d figures: %s", args.csv, args.report, len(figures),
-             ", ".join(f"{c['name']} {c['verdict']}" for c in claims))
+    log.info(
+        "wrote %s, %s and %d figures: %s",
+        args.csv,
+        args.report,
+        len(figures),
+        ", ".join(f"{c['name']} {c['verdict']}" for c in claims),
+    )
     return 0

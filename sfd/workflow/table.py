@@ -28,11 +28,32 @@ log = logging.getLogger("sfd.tables")
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
 READS = ("name", "tables.{table}", "runs.{runs}", "models.{models}.model")
 
-IDENTITY = ("kind", "run", "model", "model_type", "source", "step", "delta_t", "guidance",
-            "guidance_model", "guidance_step", "guidance_scale", "num_samples", "metric_label")
+IDENTITY = (
+    "kind",
+    "run",
+    "model",
+    "model_type",
+    "source",
+    "step",
+    "delta_t",
+    "guidance",
+    "guidance_model",
+    "guidance_step",
+    "guidance_scale",
+    "num_samples",
+    "metric_label",
+)
 TOY_ONLY = "class_acc"  # measured by the toy detector alone; next to fid in every toy table
-PAPER_IDENTITY = ("paper_row", "paper_method", "paper_group", "paper_params", "paper_iter",
-                  "paper_epochs", "paper_delta_t", "paper_guidance")
+PAPER_IDENTITY = (
+    "paper_row",
+    "paper_method",
+    "paper_group",
+    "paper_params",
+    "paper_iter",
+    "paper_epochs",
+    "paper_delta_t",
+    "paper_guidance",
+)
 
 
 def read_metrics(paths) -> dict[str, dict]:
@@ -85,9 +106,12 @@ def build_table(exp: Experiment, name: str, metrics_by_run: dict[str, dict]) -> 
             f"tables.{name}: metrics of runs {lacking} lack one of {measured} (re-run `sfd evaluate`)"
         )
     referenced = [row["paper_row"] for row in table["rows"] if row["paper_row"]]
-    extra = ["fid_gpu"] if "fid" in wanted and any(
-        "fid_gpu" in paper[r.split(".")[0]]["rows"][r.split(".")[1]] for r in referenced
-    ) else []
+    extra = (
+        ["fid_gpu"]
+        if "fid" in wanted
+        and any("fid_gpu" in paper[r.split(".")[0]]["rows"][r.split(".")[1]] for r in referenced)
+        else []
+    )
 
     rows = []
     for entry in table["rows"]:
@@ -95,12 +119,19 @@ def build_table(exp: Experiment, name: str, metrics_by_run: dict[str, dict]) -> 
         model = exp.cfg["models"][spec["model"]]["model"]
         guidance = spec["guidance"]
         row = {
-            "kind": "measured", "run": entry["run"], "model": spec["model"],
-            "model_type": model["model_type"], "source": spec["source"], "step": spec["step"],
-            "delta_t": model["semfirst_delta_t"], "guidance": guidance["kind"],
-            "guidance_model": guidance["model"] or "", "guidance_step": guidance["step"] or "",
+            "kind": "measured",
+            "run": entry["run"],
+            "model": spec["model"],
+            "model_type": model["model_type"],
+            "source": spec["source"],
+            "step": spec["step"],
+            "delta_t": model["semfirst_delta_t"],
+            "guidance": guidance["kind"],
+            "guidance_model": guidance["model"] or "",
+            "guidance_step": guidance["step"] or "",
             "guidance_scale": guidance["scale"] if guidance["kind"] != "none" else "",
-            "num_samples": metrics.get("num_samples", ""), "metric_label": metrics["metric_label"],
+            "num_samples": metrics.get("num_samples", ""),
+            "metric_label": metrics["metric_label"],
         }
         row.update({f"{prefix}_{m}": metrics[m] for m in measured})
         provenance = f"measured by this pipeline (experiment {exp.name}, {exp.path})"
@@ -109,7 +140,9 @@ def build_table(exp: Experiment, name: str, metrics_by_run: dict[str, dict]) -> 
             prow = paper[table_id]["rows"][row_id]
             row.update(_paper_values(prow, table_id, wanted, extra))
             relation = "mirrors (toy metric, not comparable)" if toy else "reproduces"
-            provenance += f"; {relation} paper row {entry['paper_row']}: {_provenance(prow, paper[table_id]['source'])}"
+            provenance += (
+                f"; {relation} paper row {entry['paper_row']}: {_provenance(prow, paper[table_id]['source'])}"
+            )
             if not toy:
                 for m in wanted:
                     if prow.get(m) is not None:
@@ -127,8 +160,12 @@ def build_table(exp: Experiment, name: str, metrics_by_run: dict[str, dict]) -> 
             row["provenance"] = _provenance(prow, paper[table_id]["source"])
             rows.append(row)
 
-    header = [*IDENTITY, *(f"{prefix}_{m}" for m in measured), *PAPER_IDENTITY,
-              *(f"paper_{m}" for m in (*wanted, *extra))]
+    header = [
+        *IDENTITY,
+        *(f"{prefix}_{m}" for m in measured),
+        *PAPER_IDENTITY,
+        *(f"paper_{m}" for m in (*wanted, *extra)),
+    ]
     if not toy:
         header += [f"diff_{m}" for m in wanted]
     header.append("provenance")
@@ -162,6 +199,7 @@ def main(args) -> int:
     exp = load(args.config, __name__, table=args.table)
     header, rows = build_table(exp, args.table, read_metrics(args.metrics))
     write_text(to_csv(header, rows), args.out)
-    log.info("wrote %s: %d rows (%d measured)", args.out, len(rows),
-             sum(r["kind"] == "measured" for r in rows))
+    log.info(
+        "wrote %s: %d rows (%d measured)", args.out, len(rows), sum(r["kind"] == "measured" for r in rows)
+    )
     return 0

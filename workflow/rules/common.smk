@@ -29,11 +29,16 @@ wildcard_constraints:
 
 DATA = EXP.cfg["data"]
 TEXTURE_VAE = f"{E}/tokenizer/texture_vae.pt"
-ENCODER_WEIGHTS = EXP.cfg["semantic_encoder"]["weights"] if EXP.cfg["semantic_encoder"]["pretrained"] else None
+ENCODER_WEIGHTS = (
+    EXP.cfg["semantic_encoder"]["weights"] if EXP.cfg["semantic_encoder"]["pretrained"] else None
+)
 if EXP.cfg["semantic_encoder"]["pretrained"] and ENCODER_WEIGHTS is None:
-    raise matrix.ConfigError(f"{EXP.path}: semantic_encoder.weights: null, but pretrained is true; name the Hub file")
+    raise matrix.ConfigError(
+        f"{EXP.path}: semantic_encoder.weights: null, but pretrained is true; name the Hub file"
+    )
 ENCODER = (
-    f"{E}/semantic/encoder{os.path.splitext(ENCODER_WEIGHTS['filename'])[1]}" if ENCODER_WEIGHTS
+    f"{E}/semantic/encoder{os.path.splitext(ENCODER_WEIGHTS['filename'])[1]}"
+    if ENCODER_WEIGHTS
     else f"{E}/semantic/encoder.pt"
 )
 FEATURES = f"{E}/semantic/features/index.json"
@@ -121,7 +126,8 @@ def launch(devices=None):
     against results of another configuration, and fan it out over the job's devices."""
     npus = (devices or config["devices_per_node"]) if DEVICE == "npu" else 0
     return (
-        "sfd launch" + (f" --npus {npus}" if npus else "")
+        "sfd launch"
+        + (f" --npus {npus}" if npus else "")
         + " --state {params.state} --config {params.experiment} --keys {params.cfg_keys}"
         " --inputs {input} -- "
     )

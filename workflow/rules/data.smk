@@ -7,18 +7,18 @@ if DATA["source"] == "toy":
         """The procedural class-conditional toy images (sfd/data/toy.py)."""
         output:
             f"{E}/data/{{split}}.npz",
-        params:
-            **reads("make-toy-data"),
-        conda:
-            "../envs/sfd.yaml"
         log:
             logfile("make_toy_data", "{split}"),
         benchmark:
             benchfile("make_toy_data", "{split}")
         priority: PREPARE_PRIORITY
+        conda:
+            "../envs/sfd.yaml"
         resources:
             mem_mb=1000,
             runtime=10,
+        params:
+            **reads("make-toy-data"),
         shell:
             "sfd make-toy-data --config {params.experiment} --split {wildcards.split} --out {output}"
             " > {log} 2>&1"
@@ -34,17 +34,17 @@ if DATA["source"] == "hf":
         `sfd fetch-imagenet` (sfd/data/imagenet.py)."""
         output:
             directory(f"{E}/data/{{split}}"),
-        params:
-            **reads("fetch-imagenet"),
-        conda:
-            "../envs/sfd.yaml"
         log:
             logfile("fetch_imagenet", "{split}"),
         benchmark:
             benchfile("fetch_imagenet", "{split}")
+        conda:
+            "../envs/sfd.yaml"
         resources:
             mem_mb=4000,
             runtime=1440,
+        params:
+            **reads("fetch-imagenet"),
         shell:
             "sfd fetch-imagenet --config {params.experiment} --split {wildcards.split} --out {output}"
             " > {log} 2>&1"
@@ -60,18 +60,18 @@ if EXP.cfg["texture_vae"]["pretrained"] is None:
         output:
             model=TEXTURE_VAE,
             metrics=f"{E}/tokenizer/texture_vae.json",
-        params:
-            **reads("train-tokenizer"),
-        conda:
-            "../envs/sfd.yaml"
         log:
             logfile("train_tokenizer"),
         benchmark:
             benchfile("train_tokenizer")
         priority: PREPARE_PRIORITY
+        conda:
+            "../envs/sfd.yaml"
         resources:
             mem_mb=2000,
             runtime=60,
+        params:
+            **reads("train-tokenizer"),
         shell:
             "sfd train-tokenizer --config {params.experiment} --data {input} --out {output.model}"
             " --metrics {output.metrics} > {log} 2>&1"
@@ -86,17 +86,17 @@ else:
         `sfd fetch-weights` (sfd/hub.py)."""
         output:
             TEXTURE_VAE,
-        params:
-            **reads("fetch-weights", key="texture_vae.pretrained"),
-        conda:
-            "../envs/sfd.yaml"
         log:
             logfile("fetch_tokenizer"),
         benchmark:
             benchfile("fetch_tokenizer")
+        conda:
+            "../envs/sfd.yaml"
         resources:
             mem_mb=2000,
             runtime=120,
+        params:
+            **reads("fetch-weights", key="texture_vae.pretrained"),
         shell:
             "sfd fetch-weights --config {params.experiment} --key texture_vae.pretrained --out {output}"
             " > {log} 2>&1"

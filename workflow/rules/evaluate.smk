@@ -12,18 +12,18 @@ if EVAL["detector"] == "inception":
         `sfd fetch-eval-assets` (sfd/evaluation/assets.py)."""
         output:
             **ASSETS,
-        params:
-            **reads("fetch-eval-assets"),
-            out_dir=parent("inception"),
-        conda:
-            "../envs/sfd.yaml"
         log:
             logfile("fetch_eval_assets"),
         benchmark:
             benchfile("fetch_eval_assets")
+        conda:
+            "../envs/sfd.yaml"
         resources:
             mem_mb=1000,
             runtime=120,
+        params:
+            **reads("fetch-eval-assets"),
+            out_dir=parent("inception"),
         shell:
             "sfd fetch-eval-assets --config {params.experiment} --out-dir {params.out_dir} > {log} 2>&1"
 
@@ -38,17 +38,17 @@ else:
         output:
             model=DETECTOR,
             metrics=f"{E}/eval/detector.json",
-        params:
-            **reads("train-detector"),
-        conda:
-            "../envs/sfd.yaml"
         log:
             logfile("train_detector"),
         benchmark:
             benchfile("train_detector")
+        conda:
+            "../envs/sfd.yaml"
         resources:
             mem_mb=2000,
             runtime=60,
+        params:
+            **reads("train-detector"),
         shell:
             "sfd train-detector --config {params.experiment} --data {input.data} --val {input.val}"
             " --out {output.model} --metrics {output.metrics} > {log} 2>&1"
@@ -60,17 +60,17 @@ else:
             data_path("val"),
         output:
             REFERENCE,
-        params:
-            **reads("make-reference"),
-        conda:
-            "../envs/sfd.yaml"
         log:
             logfile("make_reference"),
         benchmark:
             benchfile("make_reference")
+        conda:
+            "../envs/sfd.yaml"
         resources:
             mem_mb=2000,
             runtime=30,
+        params:
+            **reads("make-reference"),
         shell:
             "sfd make-reference --config {params.experiment} --data {input} --out {output} > {log} 2>&1"
 
@@ -84,18 +84,18 @@ rule evaluate:
         detector=DETECTOR,
     output:
         f"{E}/metrics/{{run}}.json",
-    params:
-        **reads("evaluate"),
-        cache=f"{E}/eval/cache",
-    conda:
-        "../envs/sfd.yaml"
     log:
         logfile("evaluate", "{run}"),
     benchmark:
         benchfile("evaluate", "{run}")
+    conda:
+        "../envs/sfd.yaml"
     resources:
         mem_mb=16000,
         runtime=240,
+    params:
+        **reads("evaluate"),
+        cache=f"{E}/eval/cache",
     shell:
         "sfd evaluate {input.samples} --config {params.experiment} --reference {input.reference}"
         " --detector {input.detector} --cache-dir {params.cache} --out {output} > {log} 2>&1"

@@ -7,27 +7,27 @@ rule extract_latents:
     encoder tokens as REPA targets; sharded, resumable, one shard range per device.
     `sfd extract-latents` (sfd/latents/extract.py)."""
     input:
+        **encoder_input(),
         data=data_path("train"),
         texture_vae=TEXTURE_VAE,
         semvae=SEMVAE,
-        **encoder_input(),
     output:
         LATENTS,
-    params:
-        **reads("extract-latents"),
-        state=parent("output"),
-        encoder=option("--encoder", "encoder"),
-    conda:
-        "../envs/sfd.yaml"
     log:
         logfile("extract_latents"),
     benchmark:
         benchfile("extract_latents")
     priority: PREPARE_PRIORITY
+    conda:
+        "../envs/sfd.yaml"
     resources:
+        **device_resources(),
         mem_mb=16000,
         runtime=2880,
-        **device_resources(),
+    params:
+        **reads("extract-latents"),
+        state=parent("output"),
+        encoder=option("--encoder", "encoder"),
     shell:
         launch() + "sfd extract-latents --config {params.experiment} --data {input.data}"
         " --texture-vae {input.texture_vae} {params.encoder} --semvae {input.semvae}"
@@ -41,19 +41,19 @@ rule latent_stats:
         LATENTS,
     output:
         STATS,
-    params:
-        **reads("latent-stats"),
-        latents=parent("input"),
-    conda:
-        "../envs/sfd.yaml"
     log:
         logfile("latent_stats"),
     benchmark:
         benchfile("latent_stats")
     priority: PREPARE_PRIORITY
+    conda:
+        "../envs/sfd.yaml"
     resources:
         mem_mb=8000,
         runtime=120,
+    params:
+        **reads("latent-stats"),
+        latents=parent("input"),
     shell:
         "sfd latent-stats --config {params.experiment} --latents {params.latents} > {log} 2>&1"
 
@@ -68,18 +68,18 @@ if EXP.released_weights:
         `sfd latent-stats` (sfd/latents/stats.py)."""
         output:
             RELEASED_STATS,
-        params:
-            **reads("latent-stats"),
-            stats=parent("output"),
-        conda:
-            "../envs/sfd.yaml"
         log:
             logfile("fetch_released_stats"),
         benchmark:
             benchfile("fetch_released_stats")
+        conda:
+            "../envs/sfd.yaml"
         resources:
             mem_mb=1000,
             runtime=60,
+        params:
+            **reads("latent-stats"),
+            stats=parent("output"),
         shell:
             "sfd latent-stats --config {params.experiment} --released --latents {params.stats}"
             " > {log} 2>&1"

@@ -13,17 +13,17 @@ rule table:
             category="Tables",
             labels={"table": "{table}"},
         ),
-    params:
-        **reads("table"),
-    conda:
-        "../envs/sfd.yaml"
     log:
         logfile("table", "{table}"),
     benchmark:
         benchfile("table", "{table}")
+    conda:
+        "../envs/sfd.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        **reads("table"),
     shell:
         "sfd table --config {params.experiment} --table {wildcards.table} --out {output} {input}"
         " > {log} 2>&1"
@@ -41,17 +41,17 @@ rule plot:
             category="Figures",
             labels={"figure": "{table}"},
         ),
-    params:
-        **reads("plot"),
-    conda:
-        "../envs/sfd.yaml"
     log:
         logfile("plot", "{table}"),
     benchmark:
         benchfile("plot", "{table}")
+    conda:
+        "../envs/sfd.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        **reads("plot"),
     shell:
         "sfd plot --config {params.experiment} --table {wildcards.table} --csv {input}"
         " --out {output} > {log} 2>&1"
@@ -72,17 +72,17 @@ if EXP.cfg["replication"]["conditions"]:
                 report(f"results/replication_{claim}.png", category="Replication")
                 for claim in EXP.cfg["replication"]["claims"]
             ],
-        params:
-            **reads("replication-report"),
-        conda:
-            "../envs/sfd.yaml"
         log:
             logfile("replication_report"),
         benchmark:
             benchfile("replication_report")
+        conda:
+            "../envs/sfd.yaml"
         resources:
             mem_mb=1000,
             runtime=10,
+        params:
+            **reads("replication-report"),
         shell:
             "sfd replication-report --config {params.experiment} --csv {output.csv}"
             " --report {output.report} --figures results {input} > {log} 2>&1"

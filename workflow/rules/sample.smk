@@ -10,18 +10,18 @@ if EXP.released_weights:
         `sfd fetch-released` (sfd/workflow/fetch_released.py)."""
         output:
             f"{E}/released/{{model}}/{{step}}.pt",
-        params:
-            **reads("fetch-released"),
-            step=lambda w: int(w.step),
-        conda:
-            "../envs/sfd.yaml"
         log:
             logfile("fetch_released", "{model}_{step}"),
         benchmark:
             benchfile("fetch_released", "{model}_{step}")
+        conda:
+            "../envs/sfd.yaml"
         resources:
             mem_mb=2000,
             runtime=240,
+        params:
+            **reads("fetch-released"),
+            step=lambda w: int(w.step),
         shell:
             "sfd fetch-released --config {params.experiment} --model {wildcards.model} --step {params.step}"
             " --out {output} > {log} 2>&1"
@@ -34,22 +34,22 @@ rule sample_run:
         unpack(sample_inputs),
     output:
         f"{E}/samples/{{run}}/index.json",
-    params:
-        **reads("sample-run"),
-        state=parent("output"),
-        guide=option("--guide-ckpt", "guide"),
-        stats=parent("stats"),
-    conda:
-        "../envs/sfd.yaml"
     log:
         logfile("sample_run", "{run}"),
     benchmark:
         benchfile("sample_run", "{run}")
     priority: sample_priority
+    conda:
+        "../envs/sfd.yaml"
     resources:
+        **device_resources(),
         mem_mb=16000,
         runtime=1440,
-        **device_resources(),
+    params:
+        **reads("sample-run"),
+        state=parent("output"),
+        guide=option("--guide-ckpt", "guide"),
+        stats=parent("stats"),
     shell:
         launch() + "sfd sample-run --config {params.experiment} --run {wildcards.run} --ckpt {input.ckpt}"
         " {params.guide} --latents {params.stats} --texture-vae {input.texture_vae}"
@@ -69,18 +69,18 @@ rule pack:
             category="Sample grids",
             labels={"run": "{run}"},
         ),
-    params:
-        **reads("pack"),
-        samples=parent("input"),
-    conda:
-        "../envs/sfd.yaml"
     log:
         logfile("pack", "{run}"),
     benchmark:
         benchfile("pack", "{run}")
+    conda:
+        "../envs/sfd.yaml"
     resources:
         mem_mb=16000,
         runtime=60,
+    params:
+        **reads("pack"),
+        samples=parent("input"),
     shell:
         "sfd pack --config {params.experiment} --samples {params.samples} --out {output.npz}"
         " --grid {output.grid} > {log} 2>&1"

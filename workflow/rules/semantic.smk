@@ -12,17 +12,17 @@ if ENCODER_WEIGHTS:
         `sfd fetch-weights` (sfd/hub.py)."""
         output:
             ENCODER,
-        params:
-            **reads("fetch-weights", key="semantic_encoder.weights"),
-        conda:
-            "../envs/sfd.yaml"
         log:
             logfile("fetch_encoder"),
         benchmark:
             benchfile("fetch_encoder")
+        conda:
+            "../envs/sfd.yaml"
         resources:
             mem_mb=1000,
             runtime=60,
+        params:
+            **reads("fetch-weights", key="semantic_encoder.weights"),
         shell:
             "sfd fetch-weights --config {params.experiment} --key semantic_encoder.weights --out {output}"
             " > {log} 2>&1"
@@ -36,18 +36,18 @@ else:
             data_path("train"),
         output:
             ENCODER,
-        params:
-            **reads("train-semantic-encoder"),
-        conda:
-            "../envs/sfd.yaml"
         log:
             logfile("train_semantic_encoder"),
         benchmark:
             benchfile("train_semantic_encoder")
         priority: PREPARE_PRIORITY
+        conda:
+            "../envs/sfd.yaml"
         resources:
             mem_mb=2000,
             runtime=60,
+        params:
+            **reads("train-semantic-encoder"),
         shell:
             "sfd train-semantic-encoder --config {params.experiment} --data {input} --out {output}"
             " > {log} 2>&1"
@@ -57,25 +57,25 @@ rule extract_features:
     """Encoder patch tokens of the training images: the Semantic VAE's training set (docs/method.md §1.2).
     `sfd extract-features` (sfd/semantic/features.py)."""
     input:
-        data=data_path("train"),
         **encoder_input(),
+        data=data_path("train"),
     output:
         FEATURES,
-    params:
-        **reads("extract-features"),
-        state=parent("output"),
-        encoder=option("--encoder", "encoder"),
-    conda:
-        "../envs/sfd.yaml"
     log:
         logfile("extract_features"),
     benchmark:
         benchfile("extract_features")
     priority: PREPARE_PRIORITY
+    conda:
+        "../envs/sfd.yaml"
     resources:
+        **device_resources(devices=1),
         mem_mb=8000,
         runtime=1440,
-        **device_resources(devices=1),
+    params:
+        **reads("extract-features"),
+        state=parent("output"),
+        encoder=option("--encoder", "encoder"),
     shell:
         launch(devices=1) + "sfd extract-features --config {params.experiment} --data {input.data}"
         " {params.encoder} --out {params.state} > {log} 2>&1"
@@ -88,21 +88,21 @@ rule train_semvae:
         FEATURES,
     output:
         SEMVAE,
-    params:
-        **reads("train-semvae"),
-        state=f"{E}/semantic/semvae_run",
-        features=parent("input"),
-    conda:
-        "../envs/sfd.yaml"
     log:
         logfile("train_semvae"),
     benchmark:
         benchfile("train_semvae")
     priority: PREPARE_PRIORITY
+    conda:
+        "../envs/sfd.yaml"
     resources:
+        **device_resources(devices=1),
         mem_mb=16000,
         runtime=2880,
-        **device_resources(devices=1),
+    params:
+        **reads("train-semvae"),
+        state=f"{E}/semantic/semvae_run",
+        features=parent("input"),
     shell:
         launch(devices=1) + "sfd train-semvae --config {params.experiment} --features {params.features}"
         " --out {output} --run-dir {params.state} > {log} 2>&1"

@@ -13,23 +13,23 @@ rule train:
     output:
         checkpoint=f"{E}/train/{{model}}/{{step}}/checkpoints/{{step}}.pt",
         ema=f"{E}/train/{{model}}/{{step}}/ema/{{step}}.pt",
+    log:
+        logfile("train", "{model}_{step}"),
+    benchmark:
+        benchfile("train", "{model}_{step}")
+    priority: train_priority
+    conda:
+        "../envs/sfd.yaml"
+    resources:
+        **device_resources(nodes=config["train_nodes"]),
+        mem_mb=16000,
+        runtime=1440,
     params:
         **reads("train"),
         state=parent("checkpoint", levels=2),
         latents=parent("latents"),
         init=option("--init-from", "init"),
         until=lambda w: int(w.step),
-    conda:
-        "../envs/sfd.yaml"
-    log:
-        logfile("train", "{model}_{step}"),
-    benchmark:
-        benchfile("train", "{model}_{step}")
-    priority: train_priority
-    resources:
-        mem_mb=16000,
-        runtime=1440,
-        **device_resources(nodes=config["train_nodes"]),
     shell:
         launch() + "sfd train --config {params.experiment} --model {wildcards.model}"
         " --latents {params.latents} --run-dir {params.state} --until-step {params.until}"
