@@ -118,3 +118,12 @@ def test_docs_list_the_current_declarations():
     text = (ROOT / "docs" / "workflow.md").read_text()
     section = text.split("<!-- reads:begin -->\n", 1)[1].split("<!-- reads:end -->", 1)[0]
     assert section == reads.markdown_table(), "docs/workflow.md is stale: paste `python -m sfd.reads` there"
+
+
+def test_sample_run_reads_what_sample_reads():
+    """sample-run is `sfd sample` for one run: the same keys, but the run's guidance in place of
+    the sampling defaults, and the experiment name to locate the run's checkpoints."""
+    sample = set(sum(reads.declared("sfd.generate"), ()))
+    run = set(sum(reads.declared("sfd.workflow.sample_run"), ()))
+    assert run - sample == {"runs.{run}", "name"}
+    assert sample - run == {"sampling.guidance", "sampling.cfg_scale"}
