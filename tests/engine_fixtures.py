@@ -133,7 +133,9 @@ def train_tiny(cfg_path: Path, latents: Path, run_dir: Path, until: int) -> Path
 
 def plant_leftovers(directory: Path, target: str) -> list[Path]:
     """The temporary files a run killed while saving `target` leaves: a real one (a child process
-    SIGKILLed inside atomic_path) and one named as safetensors names its own."""
+    SIGKILLed inside atomic_path) and one named as safetensors names its own. Returns every
+    temporary file now in `directory` (a run killed at random may have left one of its own)."""
+    before = {p for p in directory.iterdir() if is_temp(p)}
     code = (
         f"import os, signal; from sfd.io import atomic_path\n"
         f"with atomic_path({str(directory / target)!r}) as tmp:\n"
@@ -143,7 +145,7 @@ def plant_leftovers(directory: Path, target: str) -> list[Path]:
     safetensors_tmp = directory / ".tmpAb12Cd"
     safetensors_tmp.write_bytes(b"torn")
     left = sorted(p for p in directory.iterdir() if is_temp(p))
-    assert len(left) == 2, left
+    assert len(set(left) - before) == 2, left
     return left
 
 
