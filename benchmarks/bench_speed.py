@@ -31,7 +31,9 @@ import sys
 import threading
 import time
 
+import bench_core  # same directory: the benchmark model is defined once
 import torch
+from bench_core import DELTA_T, GRID, IN_CHANS, SEMANTIC_CHANS
 
 from sfd.config import validate
 from sfd.device import Compiled, device_name, get_device, peak_bf16_flops, set_tf32, synchronize
@@ -40,7 +42,6 @@ from sfd.models import build_model
 from sfd.models.flops import sample_flops_per_nfe, train_flops_per_image
 from sfd.train import make_optimizer, train_step
 
-DELTA_T, SEMANTIC_CHANS, IN_CHANS, GRID = 0.3, 16, 48, 16
 TRAIN = {
     "lr": 1e-4,
     "beta2": 0.999,
@@ -53,22 +54,8 @@ TRAIN = {
 
 
 def model_config(size: str) -> dict:
-    return validate(
-        dict(
-            model_type=f"LightningDiT-{size}/1",
-            in_chans=IN_CHANS,
-            semantic_chans=SEMANTIC_CHANS,
-            semfirst_delta_t=DELTA_T,
-            semantic_weight=2.0,
-            use_qknorm=True,
-            use_swiglu=True,
-            use_rope=True,
-            use_rmsnorm=True,
-            use_repa=True,
-        ),
-        "model",
-        source="bench",
-    )
+    """bench_core's benchmark model (the paper's SFD flags at `size`), schema defaults filled."""
+    return validate(bench_core.model_config(size), "model", source="bench")
 
 
 def batch_of(mcfg: dict, batch: int, device) -> tuple:
