@@ -32,6 +32,7 @@ from sfd.evaluation.batches import (
 from sfd.evaluation.evaluate import default_cache_dir, evaluate, resolve_metric_label
 from sfd.evaluation.metrics import feature_statistics, frechet_distance, inception_score
 from sfd.io import sha256
+from sfd.transfer import DownloadError
 
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
 needs_tf = pytest.mark.skipif(not HAS_TF, reason="tensorflow is not installed (pip install '.[eval]')")
@@ -249,14 +250,21 @@ def test_make_reference_takes_the_first_images_and_labels(tmp_path):
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
+    """ADM's asset host: honours Range (416 past the end) unless told not to, can drop the first
+    response after `break_after` bytes, or stall after `stall_after` bytes until released."""
+
+    protocol_version = "HTTP/1.1"
+
     def do_GET(self):
         srv = self.server
         srv.ranges.append(self.headers.get("Range"))
+        srv.auth.append(self.headers.get("Authorization"))
         start = 0
         if self.headers.get("Range") and srv.honour_range:
             start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
             if start >= len(srv.payload):
                 self.send_response(416)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
             self.send_response(206)
@@ -267,8 +275,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if srv.break_after is not None:
-            body = body[: srv.break_after]
+            body, srv.break_after = body[: srv.break_after], None
             self.close_connection = True
+        if srv.stall_after is not None:
+            self.wfile.write(body[: srv.stall_after])
+            self.wfile.flush()
+            srv.release.wait(60)
+            self.close_connection = True
+            return
         self.wfile.write(body)
 
     def log_message(self, *args):
@@ -276,14 +290,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def server():
+def server(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # tests/conftest.py sets it
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.payload = np.random.default_rng(0).bytes(300_000)
-    srv.ranges, srv.honour_range, srv.break_after = [], True, None
+    srv.ranges, srv.auth, srv.honour_range = [], [], True
+    srv.break_after = srv.stall_after = None
+    srv.release = threading.Event()
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     srv.url = f"http://127.0.0.1:{srv.server_address[1]}/ref_batches/asset.bin"
     yield srv
+    srv.release.set()
     srv.shutdown()
     srv.server_close()
 
@@ -294,9 +314,11 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def test_unpinned_asset_is_downloaded_and_its_hash_recorded(server, tmp_path, capsys):
+def test_unpinned_asset_is_downloaded_and_its_hash_recorded(server, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secretTOKENvalue123")
     path = assets.fetch(server.url, tmp_path)
     assert path == tmp_path / "asset.bin" and path.read_bytes() == server.payload
+    assert server.auth == [None]  # the Hub token never goes to another host
     digest = _sha(server.payload)
     assert (tmp_path / "asset.bin.sha256").read_text().split()[0] == digest
     assert f"sha256 {digest} (not pinned" in capsys.readouterr().out
@@ -306,37 +328,74 @@ def test_unpinned_asset_is_downloaded_and_its_hash_recorded(server, tmp_path, ca
 
 
 def test_pinned_hash_mismatch_leaves_nothing(server, tmp_path):
-    with pytest.raises(assets.AssetError, match="expected 0000"):
+    with pytest.raises(DownloadError, match="expected 0000"):
         assets.fetch(server.url, tmp_path, "0" * 64)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_interrupted_download_resumes_with_a_range_request(server, tmp_path):
+def test_killed_download_resumes_on_the_next_run_with_a_range_request(server, tmp_path):
+    """A process killed mid-transfer leaves its part (whole chunks of huggingface_hub's
+    DOWNLOAD_CHUNK_SIZE); the next run asks for the bytes past it and checks the whole file.
+    huggingface_hub's own retries cover a dropped connection within one call only."""
+    import time
+
+    from huggingface_hub.constants import DOWNLOAD_CHUNK_SIZE as CHUNK
+
+    server.payload = np.random.default_rng(1).bytes(CHUNK + CHUNK // 2)
+    server.stall_after = CHUNK + CHUNK // 4
+    digest, part = _sha(server.payload), tmp_path / "asset.bin.part"
+    code = (  # the transfer's imports, then the fetch; the evaluator's side must stay torch-free
+        "import sys, huggingface_hub.file_download, sfd.transfer; from sfd.evaluation import assets; "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        f"assets.fetch({server.url!r}, {str(tmp_path)!r}, {digest!r})"
+    )
+    run = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "HF_HUB_OFFLINE": "0"})
+    deadline = time.monotonic() + 60
+    while not (part.is_file() and part.stat().st_size >= CHUNK):
+        assert run.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    run.kill()
+    run.wait()
+    assert part.stat().st_size == CHUNK and not (tmp_path / "asset.bin").exists()
+    server.stall_after = None
+    path = assets.fetch(server.url, tmp_path, digest)
+    assert server.ranges == [None, f"bytes={CHUNK}-"]
+    assert path.read_bytes() == server.payload and not part.exists()
+
+
+def test_dropped_connection_is_retried_within_the_call(server, tmp_path):
     server.break_after = 120_000
-    with pytest.raises(assets.AssetError, match="rerun to resume"):
-        assets.fetch(server.url, tmp_path, _sha(server.payload))
-    assert (tmp_path / "asset.bin.part").stat().st_size == 120_000
-    assert not (tmp_path / "asset.bin").exists()
-    server.break_after = None
     path = assets.fetch(server.url, tmp_path, _sha(server.payload))
-    assert server.ranges == [None, "bytes=120000-"]
-    assert path.read_bytes() == server.payload and not (tmp_path / "asset.bin.part").exists()
+    assert len(server.ranges) == 2 and path.read_bytes() == server.payload
+
+
+def test_whole_part_answered_416_is_verified_and_kept(server, tmp_path):
+    (tmp_path / "asset.bin.part").write_bytes(server.payload)  # killed between the last byte and the rename
+    assert assets.fetch(server.url, tmp_path, _sha(server.payload)).read_bytes() == server.payload
+    assert server.ranges == ["bytes=300000-"] and not (tmp_path / "asset.bin.part").exists()
 
 
 def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
     server.honour_range = False
     (tmp_path / "asset.bin.part").write_bytes(b"stale bytes")
     assert assets.fetch(server.url, tmp_path, _sha(server.payload)).read_bytes() == server.payload
+    assert server.ranges == ["bytes=11-"]
 
 
-def test_offline_gives_a_clear_error(tmp_path):
+def test_offline_gives_a_clear_error(server, tmp_path, monkeypatch):
     import socket
+
+    import huggingface_hub.constants
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(assets.AssetError, match=r"may be offline.*put it at .*model\.pb"):
-        assets.fetch(f"http://127.0.0.1:{port}/model.pb", tmp_path, timeout=5)
+    with pytest.raises(DownloadError, match=r"may be offline.*put it at .*model\.pb"):
+        assets.fetch(f"http://127.0.0.1:{port}/model.pb", tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DownloadError, match=r"HF_HUB_OFFLINE is set.*put it at .*asset\.bin"):
+        assets.fetch(server.url, tmp_path)
+    assert not server.ranges
 
 
 def test_fetch_eval_assets_command(server, tmp_path):

@@ -11,6 +11,7 @@ from stand_in_hub import FakeHub
 
 from sfd import cli
 from sfd.hub import HubError, download, part_path
+from sfd.transfer import DownloadError
 
 TOKEN = "hf_secretTOKENvalue123"
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -67,7 +68,7 @@ def test_dropped_connection_is_retried_within_the_call(hub, tmp_path):
 def test_corrupt_transfer_fails_sha256_and_leaves_nothing(hub, tmp_path):
     hub.files["/org/vae/resolve/main/ae.ckpt"] = PAYLOAD
     hub.etags["/org/vae/resolve/main/ae.ckpt"] = "f" * 64  # LFS etag = sha256 of the content
-    with pytest.raises(HubError, match="does not match"):
+    with pytest.raises(DownloadError, match="does not match"):
         download("org/vae", "ae.ckpt", tmp_path / "ae.ckpt")
     assert list(tmp_path.iterdir()) == []
 
