@@ -280,6 +280,50 @@ class SuspendRequest:
         self.signal = signal.Signals(signum).name
 
 
+def model_section(cfg: dict, model_name: str, source: str) -> tuple[dict, dict]:
+    """The `model:` and `train:` sections of models.<model_name>."""
+    if model_name not in cfg.get("models", {}):
+        raise ConfigError(
+            f"{source}: models.{model_name}: no such model (have: {', '.join(cfg.get('models', {}))})"
+        )
+    run = cfg["models"][model_name]
+    return run["model"], run["train"]
+
+
+def local_batch_size(global_batch: int, world: int, where: str) -> int:
+    """Each rank's share of the global batch; it must split evenly (the official code rounds)."""
+    if global_batch % world:
+        raise ConfigError(f"{where}.train.global_batch_size {global_batch} does not split over {world} ranks")
+    return global_batch // world
+
+
+def open_latents(latents: Path, cfg: dict, model_name: str, seed: int, source: str):
+    """The latent dataset models.<model_name> trains on and its latent grid size, checked against
+    the model (channels) and the recipe (at least one global batch) before any model is built."""
+    from sfd.latents import LatentDataset
+
+    mcfg, tcfg = model_section(cfg, model_name, source)
+    # A model without semantic channels is the texture-only LightningDiT baseline (docs/method.md §1.4).
+    texture_only = mcfg["semantic_chans"] == 0
+    dataset = LatentDataset(
+        latents, multiplier=cfg["latents"]["multiplier"], seed=seed, texture_only=texture_only
+    )
+    if len(dataset) < tcfg["global_batch_size"]:
+        raise ConfigError(
+            f"{latents}: {len(dataset)} latents, fewer than one global batch ({tcfg['global_batch_size']})"
+        )
+    x_probe = dataset[0][0]
+    if x_probe.shape[0] != mcfg["in_chans"]:
+        stats = dataset.stats
+        raise ConfigError(
+            f"{source}: models.{model_name}.model.in_chans: {mcfg['in_chans']}, but {latents} gives "
+            f"{x_probe.shape[0]} channels ({stats.tex_channels} texture"
+            + (")" if texture_only else f" + {stats.sem_mean.shape[1]} semantic)")
+            + "; a model with semantic_chans 0 trains on the texture channels only"
+        )
+    return dataset, x_probe.shape[-1]
+
+
 # ----------------------------------------------------------------------------
 # The loop.
 
@@ -312,60 +356,30 @@ def _train(
     init_from: Path | None,
     source: str,
 ) -> int:
-    from sfd.latents import LatentDataset
     from sfd.models import build_model
 
-    if model_name not in cfg.get("models", {}):
-        raise ConfigError(
-            f"{source}: models.{model_name}: no such model (have: {', '.join(cfg.get('models', {}))})"
-        )
-    run = cfg["models"][model_name]
-    mcfg, tcfg = run["model"], run["train"]
+    mcfg, tcfg = model_section(cfg, model_name, source)
     target = until_step if until_step is not None else max(tcfg["budgets"])
     exports = set(tcfg["budgets"]) | set(tcfg["keep_steps"]) | {target}
     seed = cfg["seed"] + tcfg["seed_offset"]
 
     device = dist.init(cfg["device"])
     rank, world = dist.get_rank(), dist.get_world_size()
-    if tcfg["global_batch_size"] % world:
-        raise ConfigError(
-            f"{source}: models.{model_name}.train.global_batch_size {tcfg['global_batch_size']} "
-            f"does not split over {world} ranks"
-        )
-    local_batch = tcfg["global_batch_size"] // world
+    local_batch = local_batch_size(tcfg["global_batch_size"], world, f"{source}: models.{model_name}")
     set_tf32(False)
 
-    # A model without semantic channels is the texture-only LightningDiT baseline (docs/method.md §1.4).
-    texture_only = mcfg["semantic_chans"] == 0
-    dataset = LatentDataset(
-        latents, multiplier=cfg["latents"]["multiplier"], seed=seed, texture_only=texture_only
-    )
-    if len(dataset) < tcfg["global_batch_size"]:
-        raise ConfigError(
-            f"{latents}: {len(dataset)} latents, fewer than one global batch ({tcfg['global_batch_size']})"
-        )
-    x_probe = dataset[0][0]
-    if x_probe.shape[0] != mcfg["in_chans"]:
-        stats = dataset.stats
-        raise ConfigError(
-            f"{source}: models.{model_name}.model.in_chans: {mcfg['in_chans']}, but {latents} gives "
-            f"{x_probe.shape[0]} channels ({stats.tex_channels} texture"
-            + (")" if texture_only else f" + {stats.sem_mean.shape[1]} semantic)")
-            + "; a model with semantic_chans 0 trains on the texture channels only"
-        )
+    dataset, input_size = open_latents(latents, cfg, model_name, seed, source)
     num_classes = cfg["data"]["num_classes"]
-    identity = run_identity(cfg, model_name, num_classes, x_probe.shape[-1], len(dataset))
+    identity = run_identity(cfg, model_name, num_classes, input_size, len(dataset))
 
     torch.manual_seed(seed)
-    model = build_model(mcfg, num_classes=num_classes, input_size=x_probe.shape[-1]).to(device)
+    model = build_model(mcfg, num_classes=num_classes, input_size=input_size).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = make_optimizer(model, tcfg, device)
 
     step = restore(run_dir, target, init_from, identity, model, ema, opt, world, source)
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(yaml.safe_dump(plain(cfg), sort_keys=False), run_dir / "config.yaml")
-        _truncate_log(run_dir / "log.jsonl", step)
+        prepare_run_dir(run_dir, cfg, step)
     sampler = StepBatches(len(dataset), tcfg["global_batch_size"], rank, world, seed, step, target)
     if step == target:  # done before (or --init-from is the target): make sure both outputs exist here
         if rank == 0 and not ckpt_path(run_dir, step).exists():
@@ -382,20 +396,9 @@ def _train(
         f"global batch {tcfg['global_batch_size']} = {world} x {local_batch}, steps {step} -> {target}, "
         f"device {device}, autocast {autocast_dtype(device) if tcfg['mixed_precision'] == 'bf16' else None}"
     )
-    throughput = Throughput.of(mcfg, x_probe.shape[-1], tcfg["global_batch_size"], device, world)
-    loader = torch.utils.data.DataLoader(
-        EpochIndexed(dataset),
-        batch_sampler=sampler,
-        num_workers=tcfg["num_workers"],
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if tcfg["num_workers"] else None,
-    )
-    net = (
-        model
-        if world == 1
-        else DistributedDataParallel(model, device_ids=None if device.type == "cpu" else [device.index])
-    )
-    net = maybe_compile(net, tcfg["compile"], f"train {model_name}")
+    throughput = Throughput.of(mcfg, input_size, tcfg["global_batch_size"], device, world)
+    loader = batch_loader(dataset, sampler, tcfg["num_workers"], device)
+    net = maybe_compile(distribute(model, world, device), tcfg["compile"], f"train {model_name}")
     model.train()
     suspend = SuspendRequest()
     interval = LogInterval(step)
@@ -414,13 +417,7 @@ def _train(
         if step % tcfg["log_every"] == 0 or step == target:
             record = interval.close(step, sampler, throughput)
             if rank == 0:
-                append_jsonl(record, run_dir / "log.jsonl")
-                bar.set_postfix(
-                    loss=f"{record['loss']:.4f}",
-                    img_s=f"{record['images_per_s']:.1f}",
-                    **({"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}),
-                )
-                log.info(json.dumps(record))
+                report(record, run_dir / "log.jsonl", bar)
 
         stop = dist.any_rank(suspend.signal is not None, device) if world > 1 else suspend.signal is not None
         if step % tcfg["ckpt_every"] == 0 or step in exports or stop:
@@ -442,6 +439,42 @@ def _train(
     dist.print0(f"{model_name}: reached step {step}; checkpoint {ckpt_path(run_dir, step)}")
     dist.cleanup()
     return 0
+
+
+def prepare_run_dir(run_dir: Path, cfg: dict, step: int) -> None:
+    """Rank 0, before the first step: the run's config.yaml, and log.jsonl cut back to `step`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(yaml.safe_dump(plain(cfg), sort_keys=False), run_dir / "config.yaml")
+    _truncate_log(run_dir / "log.jsonl", step)
+
+
+def batch_loader(dataset, sampler: StepBatches, num_workers: int, device: torch.device):
+    """The rank's batches in the sampler's order, loaded by `num_workers` processes."""
+    return torch.utils.data.DataLoader(
+        EpochIndexed(dataset),
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if num_workers else None,
+    )
+
+
+def distribute(model: torch.nn.Module, world: int, device: torch.device) -> torch.nn.Module:
+    """`model` itself on one rank, wrapped in DDP (gradients averaged over ranks) on several."""
+    if world == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=None if device.type == "cpu" else [device.index])
+
+
+def report(record: dict, log_path: Path, bar: tqdm) -> None:
+    """One closed log interval: a line of log.jsonl, the progress bar's postfix, the log."""
+    append_jsonl(record, log_path)
+    bar.set_postfix(
+        loss=f"{record['loss']:.4f}",
+        img_s=f"{record['images_per_s']:.1f}",
+        **({"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}),
+    )
+    log.info(json.dumps(record))
 
 
 def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
