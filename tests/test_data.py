@@ -37,6 +37,19 @@ def test_toy_split_is_deterministic_balanced_and_size_independent():
     assert not np.array_equal(other_seed, images)
 
 
+def test_toy_texture_knobs_take_effect():
+    """patterns/gradient/noise are texture a config can switch off: with solid fills, no gradient and
+    no noise an image holds two colours and the few blends of its anti-aliased edge (2x2 coverage)."""
+    plain = _data_cfg(toy={"patterns": ["solid"], "gradient": 0.0, "noise": 0.0})
+    images, _ = toy.make_split(plain, "train")
+    for image in images[:10]:
+        corners = image[[0, 0, -1, -1], [0, -1, 0, -1]]
+        assert (corners == corners[0]).all()  # flat background
+        assert len(np.unique(image.reshape(-1, 3), axis=0)) <= 5  # coverage 0, 1/4, 1/2, 3/4, 1
+    textured, _ = toy.make_split(_data_cfg(toy={"noise": 0.0}), "train")
+    assert min(len(np.unique(t.reshape(-1, 3), axis=0)) for t in textured[:10]) > 20
+
+
 def test_toy_class_is_shape_not_colour():
     """A nearest-centroid classifier on shape maps beats chance by far; one on mean colour does not."""
     cfg = _data_cfg(train_size=400, val_size=200)

@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 READS = ("data.source", "data.toy", "data.num_classes", "data.image_size", "data.{split}_size")
 
 SPLITS = {"train": 0, "val": 1}
-PATTERNS = ("solid", "stripes", "checker", "dots")
 
 
 def _disk(x, y):
@@ -128,9 +127,10 @@ def render(label: int, rng: np.random.Generator, size: int, params: dict) -> np.
     v, u = np.meshgrid(pix, pix, indexing="ij")
     fg, bg = _colour_pair(rng, params["min_contrast"])
     fg2 = np.clip(fg + rng.uniform(-0.35, 0.35, 3), 0.0, 1.0)
-    fill = _pattern(PATTERNS[rng.integers(len(PATTERNS))], rng, u, v)[..., None]
+    patterns = params["patterns"]
+    fill = _pattern(patterns[rng.integers(len(patterns))], rng, u, v)[..., None]
     foreground = (1.0 - fill) * fg + fill * fg2
-    background = bg + rng.uniform(-0.1, 0.1, 3) * u[..., None]  # faint colour gradient
+    background = bg + rng.uniform(-params["gradient"], params["gradient"], 3) * u[..., None]
     image = coverage * foreground + (1.0 - coverage) * background
     image = image + rng.normal(0.0, rng.uniform(0.0, params["noise"]), image.shape)
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
