@@ -87,17 +87,17 @@ def test_dvc_repro_after_snakemake_has_nothing_to_do(toy):
 def test_dvc_reruns_exactly_the_stages_below_a_changed_parameter(toy):
     config = toy / "config" / "toy.yaml"
     line = (
-        "p_200_ag: {model: sfd_p, step: 200, "
-        "guidance: {kind: autoguidance, model: ag_p, step: 50, scale: 1.5}}"
+        "p_500_ag: {model: sfd_p, step: 500, "
+        "guidance: {kind: autoguidance, model: ag_p, step: 150, scale: 3.0}}"
     )
     text = config.read_text()
     assert line in text
-    config.write_text(text.replace(line, line.replace("scale: 1.5", "scale: 1.8")))
+    config.write_text(text.replace(line, line.replace("scale: 3.0", "scale: 2.5")))
     out = run(["dvc", "repro"], cwd=toy).stdout
     assert ran_stages(out) == {
-        "sample_run-p_200_ag",
-        "pack-p_200_ag",
-        "evaluate-p_200_ag",
+        "sample_run-p_500_ag",
+        "pack-p_500_ag",
+        "evaluate-p_500_ag",
         "table-table_fid",
         "table-table2_system",
         "table-readme_guidance",

@@ -213,17 +213,17 @@ def test_report_command_writes_csv_figures_and_verdicts(tmp_path):
 REDUCED = {
     "seeds": [1, 2],
     "conditions": {
-        "ag_50": {"model": "ag_p", "step": 50, "num_samples": 200},
-        "ag_100": {"model": "ag_p", "step": 100, "num_samples": 200},
+        "ag_150": {"model": "ag_p", "step": 150, "num_samples": 200},
+        "ag_300": {"model": "ag_p", "step": 300, "num_samples": 200},
     },
     "claims": {
         "budget": {
             "title": "Budget",
             "paper": "longer is better",
-            "better": "ag_100",
-            "than": "ag_50",
+            "better": "ag_300",
+            "than": "ag_150",
             "x": "step",
-            "curves": {"P": ["ag_50", "ag_100"]},
+            "curves": {"P": ["ag_150", "ag_300"]},
         }
     },
 }
@@ -246,7 +246,7 @@ def test_reduced_replication_builds_with_every_field(tmp_path_factory):
 
     with open(work / "results" / "replication.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["condition"] for r in rows] == ["ag_50", "ag_100"]
+    assert [r["condition"] for r in rows] == ["ag_150", "ag_300"]
     for row in rows:
         assert list(row) == list(replication.FIELDS) and row["seeds"] == "1 2" and row["n"] == "2"
         for metric in replication.METRICS:
@@ -258,9 +258,9 @@ def test_reduced_replication_builds_with_every_field(tmp_path_factory):
         assert all(0 <= float(v) <= 1 for v in row["class_acc_values"].split())
     text = (work / "results" / "replication.md").read_text()
     assert (
-        "## Budget" in text and "- Paper: longer is better" in text and "- Measured: ag_100 toy-FID" in text
+        "## Budget" in text and "- Paper: longer is better" in text and "- Measured: ag_300 toy-FID" in text
     )
-    assert "- Difference d (toy-FID, > 0 favours ag_100):" in text and "## All conditions" in text
+    assert "- Difference d (toy-FID, > 0 favours ag_300):" in text and "## All conditions" in text
     assert any(f"Verdict: **{v}**" in text for v in replication.VERDICTS)
     assert (work / "results" / "replication_budget.png").stat().st_size > 5000
     assert "Nothing to be done" in run([*snakemake, "-n", "replication"], cwd=work).stdout

@@ -33,19 +33,19 @@ def state_dict(path):
 def test_toy_cut_through_sbatch_resumes_after_the_walltime_signal(tmp_path_factory):
     work, _ = toy_workspace(tmp_path_factory, "slurm")
     profile = ci_profile(work.parent / "profile")
-    ema = work / "outputs/toy/train/sfd_p/0000200/ema/0000200.pt"
+    ema = work / "outputs/toy/train/sfd_p/0000500/ema/0000500.pt"
     uninterrupted = state_dict(ema)
-    shutil.rmtree(work / "outputs/toy/train/sfd_p/0000200")  # the forced rerun starts from scratch
-    log = work / "logs/toy/train/sfd_p_0000200.log"
-    log.unlink()  # the local run's log would say "steps 0 -> 200" before this job started
-    metrics = work / "outputs/toy/metrics/p_200.json"
+    shutil.rmtree(work / "outputs/toy/train/sfd_p/0000500")  # the forced rerun starts from scratch
+    log = work / "logs/toy/train/sfd_p_0000500.log"
+    log.unlink()  # the local run's log would say "steps 0 -> 500" before this job started
+    metrics = work / "outputs/toy/metrics/p_500.json"
     before = metrics.stat().st_mtime_ns
 
     cmd = [
         sys.executable,
         "-m",
         "snakemake",
-        "outputs/toy/metrics/p_200.json",
+        "outputs/toy/metrics/p_500.json",
         "--profile",
         str(profile),
         "--forcerun",
@@ -58,7 +58,7 @@ def test_toy_cut_through_sbatch_resumes_after_the_walltime_signal(tmp_path_facto
     deadline = time.monotonic() + 900
     while proc.poll() is None and time.monotonic() < deadline:
         train_job = next((j for c, j in squeue_jobs().items() if c.startswith("rule_train")), None)
-        if signalled is None and train_job and log.is_file() and "steps 0 -> 200" in log.read_text():
+        if signalled is None and train_job and log.is_file() and "steps 0 -> 500" in log.read_text():
             time.sleep(3)  # a few steps in
             subprocess.run(["scancel", "--signal=USR1", train_job], check=True)
             signalled = train_job

@@ -75,18 +75,18 @@ def test_one_sampling_parameter_reruns_only_its_run(toy):
     config = work / "config" / "toy.yaml"
     text = config.read_text()
     line = (
-        "t_500_ag: {model: sfd_t, step: 500, "
-        "guidance: {kind: autoguidance, model: ag_p, step: 100, scale: 1.5}}"
+        "t_1200_ag: {model: sfd_t, step: 1200, "
+        "guidance: {kind: autoguidance, model: ag_p, step: 300, scale: 3.0}}"
     )
     assert line in text
-    config.write_text(text.replace(line, line.replace("scale: 1.5", "scale: 2.0")))
-    # t_500_ag fills table_fid, table2_system and readme_guidance; nothing trains, no other run samples
+    config.write_text(text.replace(line, line.replace("scale: 3.0", "scale: 2.0")))
+    # t_1200_ag fills table_fid, table2_system and readme_guidance; nothing trains, no other run samples
     assert planned_jobs(work) == {"sample_run": 1, "pack": 1, "evaluate": 1, "table": 3}
     before = {p.name: p.stat().st_mtime_ns for p in (work / "outputs" / "toy" / "metrics").glob("*.json")}
     run(SNAKEMAKE, cwd=work)
     after = {p.name: p.stat().st_mtime_ns for p in (work / "outputs" / "toy" / "metrics").glob("*.json")}
-    assert {name for name in after if after[name] != before[name]} == {"t_500_ag.json"}
-    guided = {r["run"]: r for r in rows(work / "results" / "table_fid.csv")}["t_500_ag"]
+    assert {name for name in after if after[name] != before[name]} == {"t_1200_ag.json"}
+    guided = {r["run"]: r for r in rows(work / "results" / "table_fid.csv")}["t_1200_ag"]
     assert guided["guidance_scale"] == "2.0"
     assert "Nothing to be done" in run([*SNAKEMAKE, "-n"], cwd=work).stdout
 
