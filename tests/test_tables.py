@@ -88,6 +88,19 @@ def test_toy_table_labels_measured_columns_toy_and_mirrors_without_differences(t
     assert rows[1]["guidance_step"] == 5 and rows[1]["guidance_scale"] == 1.5
 
 
+def test_every_measured_row_states_its_seeds(tmp_path):
+    data = copy.deepcopy(MINI)
+    data["seed"] = 5
+    data["sampling"]["seed"] = 3
+    data["models"]["big"]["train"]["seed_offset"] = 10
+    data["runs"]["big_40_ag"]["seed"] = 9
+    exp = matrix.load(write_config(tmp_path, data))
+    metrics = table.read_metrics(write_metrics(tmp_path, ["big_20", "big_40_ag"]))
+    header, rows = table.build_table(exp, "table_fid", metrics)
+    assert {"train_seed", "sample_seed"} <= set(header)
+    assert [(r["train_seed"], r["sample_seed"]) for r in rows] == [(15, 3), (15, 9)]
+
+
 def test_inception_table_has_differences_and_quoted_literature(tmp_path):
     data = copy.deepcopy(MINI)
     data["tables"]["t1"] = {

@@ -26,7 +26,15 @@ from sfd.workflow.matrix import Experiment, load, paper_tables
 log = logging.getLogger("sfd.tables")
 
 # Experiment keys this command reads (sfd/reads.py): READS shape its output, ALSO_READS do not.
-READS = ("name", "tables.{table}", "runs.{runs}", "models.{models}.model")
+READS = (
+    "name",
+    "seed",
+    "sampling.seed",
+    "tables.{table}",
+    "runs.{runs}",
+    "models.{models}.model",
+    "models.{models}.train.seed_offset",
+)
 
 IDENTITY = (
     "kind",
@@ -41,6 +49,8 @@ IDENTITY = (
     "guidance_step",
     "guidance_scale",
     "num_samples",
+    "train_seed",
+    "sample_seed",
     "metric_label",
 )
 TOY_ONLY = "class_acc"  # measured by the toy detector alone; next to fid in every toy table
@@ -131,6 +141,7 @@ def build_table(exp: Experiment, name: str, metrics_by_run: dict[str, dict]) -> 
             "guidance_step": guidance["step"] or "",
             "guidance_scale": guidance["scale"] if guidance["kind"] != "none" else "",
             "num_samples": metrics.get("num_samples", ""),
+            **_seeds(exp, spec),
             "metric_label": metrics["metric_label"],
         }
         row.update({f"{prefix}_{m}": metrics[m] for m in measured})
@@ -170,6 +181,18 @@ def build_table(exp: Experiment, name: str, metrics_by_run: dict[str, dict]) -> 
         header += [f"diff_{m}" for m in wanted]
     header.append("provenance")
     return header, rows
+
+
+def _seeds(exp: Experiment, spec: dict) -> dict:
+    """The seeds behind a measured row: one seed per row is one draw, so a reader must see which
+    (the training seed moves init and data order, the sample seed the noise; docs/decisions.md)."""
+    trained = spec["source"] == "trained"
+    return {
+        "train_seed": exp.cfg["seed"] + exp.cfg["models"][spec["model"]]["train"]["seed_offset"]
+        if trained
+        else "",
+        "sample_seed": spec.get("seed", exp.cfg["sampling"]["seed"]),
+    }
 
 
 def _measured_metrics(wanted: list[str], toy: bool) -> list[str]:
