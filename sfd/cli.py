@@ -108,7 +108,7 @@ COMMANDS = {
     ),
     "dvc-yaml": (
         "sfd.workflow.dvc_yaml",
-        "Generate dvc.yaml from the Snakemake DAG (--check: fail when stale).",
+        "Generate dvc.yaml and replication/dvc.yaml from the Snakemake DAG (--check: fail when stale).",
     ),
     "downloads": (
         "sfd.workflow.downloads",
