@@ -108,18 +108,22 @@ def test_replication_file_holds_the_replication_stages_the_default_lacks(tmp_pat
     assert {"models.big.model", "replication.seeds"} <= set(trained["params"][0]["mini.yaml"])
 
 
-def test_check_covers_both_files(tmp_path, capsys):
+def test_replication_file_is_opt_in_and_then_kept_current(tmp_path, capsys):
     work = workspace(tmp_path, with_replication())
-    write, check = argparse.Namespace(root=work, check=False), argparse.Namespace(root=work, check=True)
-    assert dvc_yaml.main(write) == 0 and dvc_yaml.main(check) == 0
-    (work / "replication" / "dvc.yaml").unlink()
-    assert dvc_yaml.main(check) == 1
-    assert "replication/dvc.yaml is stale" in capsys.readouterr().err
-    write_config(work, MINI, "mini.yaml")  # no replication section: the file must go
-    assert dvc_yaml.main(write) == 0 and not (work / "replication" / "dvc.yaml").exists()
-    assert dvc_yaml.main(check) == 0
-    (work / "replication" / "dvc.yaml").write_text("stages: {}\n")
-    assert dvc_yaml.main(check) == 1
+    replication = work / "replication" / "dvc.yaml"
+
+    def main(check=False, opt_in=False):
+        return dvc_yaml.main(argparse.Namespace(root=work, check=check, replication=opt_in))
+
+    assert main() == 0 and (work / "dvc.yaml").is_file() and not replication.exists()
+    assert main(check=True) == 0  # absent is fine: a plain `dvc pull` must not trip over it
+    assert main(opt_in=True) == 0 and replication.is_file() and main(check=True) == 0
+    replication.write_text("stages: {}\n")
+    assert main(check=True) == 1 and "replication/dvc.yaml is stale" in capsys.readouterr().err
+    assert main() == 0 and main(check=True) == 0  # once present, regenerated with dvc.yaml
+    write_config(work, MINI, "mini.yaml")  # no replication section any more: the file must go
+    assert main(check=True) == 1
+    assert main() == 0 and not replication.exists() and main(check=True) == 0
 
 
 @pytest.mark.slow

@@ -3,8 +3,10 @@
 The DAG of the experiment named in params.yaml (`experiment: config/toy.yaml`) is built in-process
 through Snakemake's API with every job forced, once per pipeline file (`pipelines`): `dvc.yaml`
 holds the default target, so a plain `dvc repro` never starts the replication's trainings;
-`replication/dvc.yaml`, when the experiment has a replication section, holds the stages of the
-`replication` target that dvc.yaml lacks, with `wdir: ..` so commands and paths stay repo-relative.
+`replication/dvc.yaml` (written with `--replication`, then kept current like dvc.yaml) holds the
+stages of the `replication` target that dvc.yaml lacks, with `wdir: ..` so paths stay repo-relative;
+it is opt-in because every untargeted DVC command (status, pull, commit) covers every dvc.yaml of
+the repository, and on a clone whose replication never ran they would report or fail on it.
 DVC forbids two stages with one output, so the shared upstream stays in dvc.yaml and DVC links the
 two files through deps and outs: `dvc repro replication/dvc.yaml` runs the replication and whatever
 of dvc.yaml it needs. Each job becomes one DVC stage:
@@ -142,18 +144,28 @@ def add_arguments(parser) -> None:
         "--root", type=Path, default=Path("."), help="repository root (Snakefile, params.yaml)"
     )
     parser.add_argument(
+        "--replication",
+        action="store_true",
+        help="also write replication/dvc.yaml (the replication target); opt-in, because once the file "
+        "exists every untargeted DVC command (status, pull, commit) covers the replication too",
+    )
+    parser.add_argument(
         "--check", action="store_true", help="only compare with the files on disk; exit 1 if one is stale"
     )
 
 
-def _current(path: Path, text: str | None) -> bool:
-    return path.read_text() == text if path.is_file() else text is None
+def _current(path: Path, text: str | None, optional: bool) -> bool:
+    if not path.is_file():
+        return text is None or optional
+    return path.read_text() == text
 
 
 def main(args) -> int:
     texts = generate(args.root)
     if args.check:
-        stale = [name for name, text in texts.items() if not _current(args.root / name, text)]
+        stale = [
+            name for name, text in texts.items() if not _current(args.root / name, text, name != FILES[0])
+        ]
         for name in stale:
             print(f"{args.root / name} is stale: run `sfd dvc-yaml`", file=sys.stderr)
         if not stale:
@@ -161,6 +173,8 @@ def main(args) -> int:
         return 1 if stale else 0
     for name, text in texts.items():
         path = args.root / name
+        if name != FILES[0] and not (args.replication or path.is_file()):
+            continue
         if text is not None:
             write_text(text, path)
             log.info("wrote %s", path)
