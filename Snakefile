@@ -7,7 +7,7 @@ Every rule is one `sfd` subcommand. Which experiment runs is `--config experimen
 (default config/toy.yaml); every parameter lives in that file, is schema-validated before the DAG
 is built, and reaches each rule as `params.cfg` (only the keys the rule reads), so Snakemake's
 params rerun-trigger reruns exactly the jobs whose parameters changed and their descendants.
-`sfd dvc-yaml` converts this DAG into dvc.yaml.
+`sfd dvc-yaml` converts this DAG into dvc.yaml (default target; `--replication`: replication/dvc.yaml).
 """
 
 from snakemake.utils import min_version, validate

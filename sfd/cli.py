@@ -108,7 +108,7 @@ COMMANDS = {
     ),
     "dvc-yaml": (
         "sfd.workflow.dvc_yaml",
-        "Generate dvc.yaml from the Snakemake DAG (--check: fail when stale).",
+        "Generate dvc.yaml (--replication: replication/dvc.yaml too) from the Snakemake DAG.",
     ),
     "downloads": (
         "sfd.workflow.downloads",

@@ -11,40 +11,10 @@ import sys
 
 import pytest
 import yaml
-from workflow_helpers import MINI, run, toy_workspace, write_config
+from workflow_helpers import MINI, REPLICATION, run, toy_workspace, write_config
 
 from sfd.config import ConfigError
 from sfd.workflow import matrix, replication
-
-REPLICATION = {
-    "seeds": [1, 2],
-    "conditions": {
-        "early": {"model": "big", "step": 20},
-        "late": {"model": "big", "step": 40},
-        "late_ag": {
-            "model": "big",
-            "step": 40,
-            "guidance": {"kind": "autoguidance", "model": "small", "step": 5, "scale": 1.5},
-        },
-    },
-    "claims": {
-        "budget": {
-            "title": "Budget",
-            "paper": "longer is better",
-            "better": "late",
-            "than": "early",
-            "x": "step",
-            "curves": {"SFD": ["early", "late"], "guided": ["late_ag"]},
-        },
-        "guidance": {
-            "title": "Guidance",
-            "paper": "AG helps",
-            "better": "late_ag",
-            "than": "late",
-            "curves": {"T": ["late", "late_ag"]},
-        },
-    },
-}
 
 
 def mini(tmp_path, **changes):

@@ -199,7 +199,7 @@ def test_dvc_status_flags_the_stages_that_declare_the_key(tmp_path):
         return out.stdout
 
     dvc("init", "--no-scm", "-q")
-    (work / "dvc.yaml").write_text(dvc_yaml.generate(work))
+    (work / "dvc.yaml").write_text(dvc_yaml.generate(work)["dvc.yaml"])
     dvc("commit", "-f", "-q")
     assert "up to date" in dvc("status")
     raw = yaml.safe_load(config.read_text())

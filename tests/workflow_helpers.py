@@ -72,6 +72,38 @@ MINI = {
 }
 
 
+# A replication section for MINI: two seeds of three conditions, two claims.
+REPLICATION = {
+    "seeds": [1, 2],
+    "conditions": {
+        "early": {"model": "big", "step": 20},
+        "late": {"model": "big", "step": 40},
+        "late_ag": {
+            "model": "big",
+            "step": 40,
+            "guidance": {"kind": "autoguidance", "model": "small", "step": 5, "scale": 1.5},
+        },
+    },
+    "claims": {
+        "budget": {
+            "title": "Budget",
+            "paper": "longer is better",
+            "better": "late",
+            "than": "early",
+            "x": "step",
+            "curves": {"SFD": ["early", "late"], "guided": ["late_ag"]},
+        },
+        "guidance": {
+            "title": "Guidance",
+            "paper": "AG helps",
+            "better": "late_ag",
+            "than": "late",
+            "curves": {"T": ["late", "late_ag"]},
+        },
+    },
+}
+
+
 def write_config(tmp_path, data, name="exp.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
