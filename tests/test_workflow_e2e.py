@@ -75,18 +75,18 @@ def test_one_sampling_parameter_reruns_only_its_run(toy):
     config = work / "config" / "toy.yaml"
     text = config.read_text()
     line = (
-        "t_1200_ag: {model: sfd_t, step: 1200, "
+        "t_800_ag: {model: sfd_t, step: 800, "
         "guidance: {kind: autoguidance, model: ag_p, step: 300, scale: 3.0}}"
     )
     assert line in text
     config.write_text(text.replace(line, line.replace("scale: 3.0", "scale: 2.0")))
-    # t_1200_ag fills table_fid, table2_system and readme_guidance; nothing trains, no other run samples
+    # t_800_ag fills table_fid, table2_system and readme_guidance; nothing trains, no other run samples
     assert planned_jobs(work) == {"sample_run": 1, "pack": 1, "evaluate": 1, "table": 3}
     before = {p.name: p.stat().st_mtime_ns for p in (work / "outputs" / "toy" / "metrics").glob("*.json")}
     run(SNAKEMAKE, cwd=work)
     after = {p.name: p.stat().st_mtime_ns for p in (work / "outputs" / "toy" / "metrics").glob("*.json")}
-    assert {name for name in after if after[name] != before[name]} == {"t_1200_ag.json"}
-    guided = {r["run"]: r for r in rows(work / "results" / "table_fid.csv")}["t_1200_ag"]
+    assert {name for name in after if after[name] != before[name]} == {"t_800_ag.json"}
+    guided = {r["run"]: r for r in rows(work / "results" / "table_fid.csv")}["t_800_ag"]
     assert guided["guidance_scale"] == "2.0"
     assert "Nothing to be done" in run([*SNAKEMAKE, "-n"], cwd=work).stdout
 
@@ -95,13 +95,13 @@ def test_one_training_parameter_retrains_that_model_and_what_uses_it(toy):
     work, _ = toy
     config = work / "config" / "toy.yaml"
     text = config.read_text()
-    line = "train: {<<: *toy_train, budgets: [100], keep_steps: [50]}"
+    line = "train: {<<: *toy_train, budgets: [300], keep_steps: [150]}"
     assert line in text
     config.write_text(
-        text.replace(line, "train: {<<: *toy_train, budgets: [100], keep_steps: [50], lr: 4.0e-4}")
+        text.replace(line, "train: {<<: *toy_train, budgets: [300], keep_steps: [150], lr: 4.0e-3}")
     )
     jobs = planned_jobs(work)
-    # ag_p trains 0->50->100; the runs it guides (4) and its own two runs sample again
+    # ag_p trains 0->150->300; the runs it guides (4) and its own two runs sample again
     assert jobs["train"] == 2
     assert jobs["sample_run"] == jobs["pack"] == jobs["evaluate"] == 6
     assert not {"make_toy_data", "train_tokenizer", "extract_latents", "latent_stats"} & set(jobs)
