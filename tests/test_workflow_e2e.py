@@ -76,10 +76,10 @@ def test_one_sampling_parameter_reruns_only_its_run(toy):
     text = config.read_text()
     line = (
         "t_800_ag: {model: sfd_t, step: 800, "
-        "guidance: {kind: autoguidance, model: ag_p, step: 300, scale: 3.0}}"
+        "guidance: {kind: autoguidance, model: ag_p, step: 300, scale: 2.0}}"
     )
     assert line in text
-    config.write_text(text.replace(line, line.replace("scale: 3.0", "scale: 2.0")))
+    config.write_text(text.replace(line, line.replace("scale: 2.0", "scale: 2.5")))
     # t_800_ag fills table_fid, table2_system and readme_guidance; nothing trains, no other run samples
     assert planned_jobs(work) == {"sample_run": 1, "pack": 1, "evaluate": 1, "table": 3}
     before = {p.name: p.stat().st_mtime_ns for p in (work / "outputs" / "toy" / "metrics").glob("*.json")}
@@ -87,7 +87,7 @@ def test_one_sampling_parameter_reruns_only_its_run(toy):
     after = {p.name: p.stat().st_mtime_ns for p in (work / "outputs" / "toy" / "metrics").glob("*.json")}
     assert {name for name in after if after[name] != before[name]} == {"t_800_ag.json"}
     guided = {r["run"]: r for r in rows(work / "results" / "table_fid.csv")}["t_800_ag"]
-    assert guided["guidance_scale"] == "2.0"
+    assert guided["guidance_scale"] == "2.5"
     assert "Nothing to be done" in run([*SNAKEMAKE, "-n"], cwd=work).stdout
 
 
