@@ -196,7 +196,9 @@ def ci_profile(dest, experiment="config/toy.yaml"):
     profile = yaml.safe_load((ROOT / "profiles" / "slurm-gpu" / "config.v8+.yaml").read_text())
     profile.update(
         {
-            "jobs": 2,
+            # more submitted than the node runs: SLURM starts a pending job the moment one ends,
+            # while Snakemake notices ends only at its status checks (the plugin backs off to 180 s)
+            "jobs": 4,
             "latency-wait": 5,
             "slurm-init-seconds-before-status-checks": 5,
             "config": [f"experiment={experiment}", "device=cpu"],
