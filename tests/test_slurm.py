@@ -11,16 +11,20 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-from workflow_helpers import ci_profile, run, slurm_is_up, tool_env, toy_workspace
+from workflow_helpers import ON_TOY_RUN, ci_profile, run, slurm_is_up, tool_env, toy_workspace
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, ON_TOY_RUN]
 
 
-def squeue_jobs() -> dict[str, str]:
-    out = subprocess.run(["squeue", "-h", "-o", "%i %k %T"], capture_output=True, text=True).stdout
-    return {line.split()[1]: line.split()[0] for line in out.splitlines() if len(line.split()) == 3}
+def squeue_jobs(work) -> dict[str, str]:
+    """Job ids by comment (the plugin's rule_<name>_wildcards) of the jobs submitted from `work`:
+    other tests (the rehearsal) may have jobs queued at the same time."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i|%k|%Z"], capture_output=True, text=True).stdout
+    jobs = (line.split("|") for line in out.splitlines() if line.count("|") == 2)
+    return {comment: job for job, comment, cwd in jobs if Path(cwd).resolve() == work.resolve()}
 
 
 def state_dict(path):
@@ -57,7 +61,7 @@ def test_toy_cut_through_sbatch_resumes_after_the_walltime_signal(tmp_path_facto
     signalled = None
     deadline = time.monotonic() + 900
     while proc.poll() is None and time.monotonic() < deadline:
-        train_job = next((j for c, j in squeue_jobs().items() if c.startswith("rule_train")), None)
+        train_job = next((j for c, j in squeue_jobs(work).items() if c.startswith("rule_train")), None)
         if signalled is None and train_job and log.is_file() and "steps 0 -> 500" in log.read_text():
             time.sleep(3)  # a few steps in
             subprocess.run(["scancel", "--signal=USR1", train_job], check=True)
