@@ -141,24 +141,24 @@ def test_download_sizes_come_from_the_hub_online_and_from_the_config_offline(hub
         Download("fetch_eval_assets", f"{hub.url}/assets/graph.pb", "out/graph.pb"),
         hub_file("fetch_released", "out/gone.pt", "org/sfd", "gone.pt"),
     ]
-    configured = {"hf://org/vae/ae.ckpt": 5, "hf://org/sfd/gone.pt": 7}
+    configured = {"hf://org/vae/ae.ckpt": 5, "hf://org/sfd/gone.pt": {"bytes": 7, "basis": "two tensors"}}
     online = sized(files, configured, online=True)
     assert [(size, origin) for _, size, origin in online] == [
         (len(PAYLOAD), "hub"),
         (1000, "server"),
-        (7, "config"),
+        (7, "estimate"),
     ]
     offline = sized(files, configured, online=False)
     assert [(size, origin) for _, size, origin in offline] == [
         (5, "config"),
         (None, "unknown"),
-        (7, "config"),
+        (7, "estimate"),
     ]
     assert not hub.gets()  # sizes never download anything
-    text = report(offline)
-    assert "hf://org/vae/ae.ckpt -> out/ae.ckpt" in text and text.endswith(
-        "(+ 1 file(s) of unknown size: set download_sizes)"
-    )
+    lines = report(offline, configured).splitlines()
+    assert "hf://org/vae/ae.ckpt -> out/ae.ckpt" in lines[1]
+    assert lines[-2] == "total: 3 file(s), 12 B, 1 of them estimated (+ 1 file(s) of unknown size: set download_sizes)"
+    assert lines[-1] == "estimated gone.pt: two tensors"
 
 
 def test_fetched_encoder_file_loads_as_timm_loads_its_hub_weights(hub, tmp_path):

@@ -129,12 +129,14 @@ def hub_offline() -> bool:
 def sized(
     downloads: list[Download], configured: dict, online: bool
 ) -> list[tuple[Download, int | None, str]]:
-    """(download, bytes, where the number comes from: hub / config / unknown)."""
+    """(download, bytes, where the number comes from: hub / server / config / estimate / unknown)."""
     rows = []
     for d in downloads:
         size = remote_size(d) if online else None
         if size is not None:
             rows.append((d, size, "hub" if d.hub else "server"))
+        elif isinstance(configured.get(d.source), dict):
+            rows.append((d, configured[d.source]["bytes"], "estimate"))
         elif d.source in configured:
             rows.append((d, configured[d.source], "config"))
         else:
@@ -151,15 +153,22 @@ def human(size: int | None) -> str:
     return f"{size} B"
 
 
-def report(rows: list[tuple[Download, int | None, str]]) -> str:
-    """One line per file, then the total (and how many sizes are unknown)."""
-    lines = [f"{'rule':<21} {'size':>10}  {'from':<7} source -> output"]
+def report(rows: list[tuple[Download, int | None, str]], configured: dict | None = None) -> str:
+    """One line per file, then the total (and how many sizes are unknown or estimated), then the
+    basis of each estimate (from `configured`, the experiment's download_sizes)."""
+    lines = [f"{'rule':<21} {'size':>10}  {'from':<8} source -> output"]
     for d, size, origin in rows:
-        lines.append(f"{d.rule:<21} {human(size):>10}  {origin:<7} {d.source} -> {d.out}")
+        lines.append(f"{d.rule:<21} {human(size):>10}  {origin:<8} {d.source} -> {d.out}")
     total = sum(size for _, size, _ in rows if size is not None)
     unknown = sum(size is None for _, size, _ in rows)
-    tail = f" (+ {unknown} file(s) of unknown size: set download_sizes)" if unknown else ""
+    estimated = [d for d, _, origin in rows if origin == "estimate"]
+    tail = f", {len(estimated)} of them estimated" if estimated else ""
+    tail += f" (+ {unknown} file(s) of unknown size: set download_sizes)" if unknown else ""
     lines.append(f"total: {len(rows)} file(s), {human(total)}{tail}")
+    bases = {}
+    for d in estimated if configured else []:
+        bases.setdefault(configured[d.source]["basis"], []).append(d.source.rsplit("/", 1)[-1])
+    lines += [f"estimated {', '.join(names)}: {basis}" for basis, names in bases.items()]
     return "\n".join(lines)
 
 
@@ -174,6 +183,6 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     exp = load(args.config)
-    rows = sized(planned(exp), exp.cfg["download_sizes"], online=not (args.offline or hub_offline()))
-    print(report(rows))
+    configured = exp.cfg["download_sizes"]
+    print(report(sized(planned(exp), configured, online=not (args.offline or hub_offline())), configured))
     return 0

@@ -280,5 +280,6 @@ def main(args) -> int:
     needed = [d for d in downloads.planned(exp) if d.out in outputs]
     online = not (args.offline or downloads.hub_offline())
     print("\ndownloads (local rules, on this node):")
-    print(downloads.report(downloads.sized(needed, exp.cfg["download_sizes"], online)))
+    configured = exp.cfg["download_sizes"]
+    print(downloads.report(downloads.sized(needed, configured, online), configured))
     return 0
