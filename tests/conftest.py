@@ -1,16 +1,45 @@
+import functools
+import inspect
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# .ci/run runs the tests on two pytest-xdist workers. A test module is one unit of work (its module
+# fixtures are built once), and every module that copies the finished toy run (`toy_workspace`,
+# built once per worker process) belongs to one unit, "toy-run", which is scheduled first: it is
+# the longest chain (the toy DAG, then what reruns it). xdist's own `--dist loadgroup` marks do not
+# group under pytest 9 (xdist 3.8 renames `item._nodeid`, which pytest 9 no longer reads), so the
+# grouping is this scheduler's.
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def unit_of(module: str) -> str:
+    """The unit of work of a test module, given as its path from the repository root."""
+    return "toy-run" if "toy_workspace(" in (ROOT / module).read_text() else module
+
+
+def copies_the_toy_run(item) -> bool:
+    return "toy" in item.fixturenames or "toy_workspace(" in inspect.getsource(item.function)
+
 
 def pytest_collection_modifyitems(config, items):
-    """For pytest-xdist's `--dist loadgroup` (.ci/run): a test module is one unit of work, so its
-    module fixtures are built on one worker only, and the tests on the toy run (ON_TOY_RUN) come
-    first, so that the longest chain (the toy DAG, then what reruns it) starts at once."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] != "toy-run")
+    """The toy-run unit first, and in it the tests that copy the run (the first one builds it)."""
+    items.sort(
+        key=lambda item: (unit_of(item.nodeid.split("::", 1)[0]) != "toy-run", not copies_the_toy_run(item))
+    )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of(nodeid.split("::", 1)[0])
+
+    return ByUnit(config, log)

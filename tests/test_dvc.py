@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import MINI, ON_TOY_RUN, REPLICATION, run, toy_workspace, write_config
+from workflow_helpers import MINI, REPLICATION, run, toy_workspace, write_config
 
 from sfd.workflow import dvc_yaml
 
@@ -169,14 +169,12 @@ def ran_stages(output: str) -> set[str]:
 
 
 @pytest.mark.slow
-@ON_TOY_RUN
 def test_dvc_repro_after_snakemake_has_nothing_to_do(toy):
     assert "up to date" in run(["dvc", "status", "dvc.yaml"], cwd=toy).stdout
     assert ran_stages(run(["dvc", "repro"], cwd=toy).stdout) == set()
 
 
 @pytest.mark.slow
-@ON_TOY_RUN
 def test_dvc_reruns_exactly_the_stages_below_a_changed_parameter(toy):
     config = toy / "config" / "toy.yaml"
     line = (
@@ -210,7 +208,6 @@ def test_dvc_reruns_exactly_the_stages_below_a_changed_parameter(toy):
 
 
 @pytest.mark.slow
-@ON_TOY_RUN
 def test_push_then_pull_into_a_fresh_clone_needs_no_training_or_sampling(toy, tmp_path):
     run(["git", "add", "dvc.lock", "config/toy.yaml"], cwd=toy)
     run(["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "results"], cwd=toy)

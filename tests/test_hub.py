@@ -157,7 +157,9 @@ def test_download_sizes_come_from_the_hub_online_and_from_the_config_offline(hub
     assert not hub.gets()  # sizes never download anything
     lines = report(offline, configured).splitlines()
     assert "hf://org/vae/ae.ckpt -> out/ae.ckpt" in lines[1]
-    assert lines[-2] == "total: 3 file(s), 12 B, 1 of them estimated (+ 1 file(s) of unknown size: set download_sizes)"
+    assert lines[-2] == (
+        "total: 3 file(s), 12 B, 1 of them estimated (+ 1 file(s) of unknown size: set download_sizes)"
+    )
     assert lines[-1] == "estimated gone.pt: two tensors"
 
 

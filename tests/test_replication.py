@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import yaml
-from workflow_helpers import MINI, ON_TOY_RUN, REPLICATION, run, toy_workspace, write_config
+from workflow_helpers import MINI, REPLICATION, run, toy_workspace, write_config
 
 from sfd.config import ConfigError
 from sfd.workflow import matrix, replication
@@ -200,7 +200,6 @@ REDUCED = {
 
 
 @pytest.mark.slow
-@ON_TOY_RUN
 def test_reduced_replication_builds_with_every_field(tmp_path_factory):
     work, _ = toy_workspace(tmp_path_factory, "replication")
     config = work / "config" / "toy.yaml"

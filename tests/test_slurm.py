@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from workflow_helpers import ON_TOY_RUN, ci_profile, run, slurm_is_up, tool_env, toy_workspace
+from workflow_helpers import ci_profile, run, slurm_is_up, tool_env, toy_workspace
 
-pytestmark = [pytest.mark.slow, ON_TOY_RUN]
+pytestmark = pytest.mark.slow
 
 
 def squeue_jobs(work) -> dict[str, str]:

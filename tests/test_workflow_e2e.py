@@ -6,9 +6,9 @@ import re
 import sys
 
 import pytest
-from workflow_helpers import ON_TOY_RUN, run, toy_workspace
+from workflow_helpers import run, toy_workspace
 
-pytestmark = [pytest.mark.slow, ON_TOY_RUN]
+pytestmark = pytest.mark.slow
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--profile", "profiles/local"]
 
 

@@ -120,8 +120,6 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-import pytest  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -174,14 +172,10 @@ def _toy_run(base: Path) -> tuple[Path, float]:
     return work, time.monotonic() - start
 
 
-# The toy run happens once per test process: under pytest-xdist (.ci/run) every test that uses it
-# carries this mark, so that they all run on one worker and the run is not built once per worker.
-ON_TOY_RUN = pytest.mark.xdist_group("toy-run")
-
-
 def toy_workspace(tmp_path_factory, name: str) -> tuple[Path, float]:
     """A private copy of a finished `snakemake --profile profiles/local` toy run (the run itself
-    happens once per test process, see ON_TOY_RUN) and the run's wall time in seconds."""
+    happens once per test process; tests/conftest.py keeps every module that calls this on one
+    pytest-xdist worker) and the run's wall time in seconds."""
     done, seconds = _toy_run(tmp_path_factory.getbasetemp())
     copy = tmp_path_factory.mktemp(name) / "repo"
     shutil.copytree(done, copy, symlinks=True)
