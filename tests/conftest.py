@@ -27,11 +27,19 @@ def copies_the_toy_run(item) -> bool:
     return "toy" in item.fixturenames or "toy_workspace(" in inspect.getsource(item.function)
 
 
+# The two longest units, started at once (one per worker); the rest follow in collection order.
+FIRST = ("toy-run", "tests/test_rehearsal.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """The toy-run unit first, and in it the tests that copy the run (the first one builds it)."""
-    items.sort(
-        key=lambda item: (unit_of(item.nodeid.split("::", 1)[0]) != "toy-run", not copies_the_toy_run(item))
-    )
+    """The longest units first, and in the toy-run unit the tests that copy the run (the first one
+    builds it)."""
+
+    def rank(item):
+        unit = unit_of(item.nodeid.split("::", 1)[0])
+        return (FIRST.index(unit) if unit in FIRST else len(FIRST), not copies_the_toy_run(item))
+
+    items.sort(key=rank)
 
 
 @pytest.hookimpl(optionalhook=True)
