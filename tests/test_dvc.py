@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from workflow_helpers import MINI, REPLICATION, run, toy_workspace, write_config
+from workflow_helpers import MINI, REPLICATION, ran_stages, run, write_config
 
 from sfd.workflow import dvc_yaml
 
@@ -151,75 +151,3 @@ def test_dvc_runs_the_replication_only_when_asked(tmp_path):
     assert upstream and upstream < set(stages["dvc.yaml"])  # e.g. the latents the trainings read
     status = json.loads(run(["dvc", "status", "--json", "dvc.yaml"], cwd=work).stdout or "{}")
     assert status == {}
-
-
-# ----------------------------------------------------------------------------
-# DVC on the finished toy run (slow): the same DAG, the same commands, the same reruns.
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    work, _ = toy_workspace(tmp_path_factory, "dvc")
-    run(["dvc", "commit", "-f", "-q", "dvc.yaml"], cwd=work)  # Snakemake's outputs, no rerun
-    return work
-
-
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
-@pytest.mark.slow
-def test_dvc_repro_after_snakemake_has_nothing_to_do(toy):
-    assert "up to date" in run(["dvc", "status", "dvc.yaml"], cwd=toy).stdout
-    assert ran_stages(run(["dvc", "repro"], cwd=toy).stdout) == set()
-
-
-@pytest.mark.slow
-def test_dvc_reruns_exactly_the_stages_below_a_changed_parameter(toy):
-    config = toy / "config" / "toy.yaml"
-    line = (
-        "p_500_ag: {model: sfd_p, step: 500, "
-        "guidance: {kind: autoguidance, model: ag_p, step: 150, scale: 2.0}}"
-    )
-    text = config.read_text()
-    assert line in text
-    config.write_text(text.replace(line, line.replace("scale: 2.0", "scale: 2.5")))
-    out = run(["dvc", "repro"], cwd=toy).stdout
-    assert ran_stages(out) == {
-        "sample_run-p_500_ag",
-        "pack-p_500_ag",
-        "evaluate-p_500_ag",
-        "table-table_fid",
-        "table-table2_system",
-        "table-readme_guidance",
-    }
-    # one stage by name: a deleted output comes back from DVC's cache; --force reruns just that stage
-    figure = toy / "results" / "fig_convergence.png"
-    figure.unlink()
-    out = run(["dvc", "repro", "plot-fig_convergence"], cwd=toy).stdout
-    assert ran_stages(out) <= {"plot-fig_convergence"}
-    assert figure.stat().st_size > 5000
-    forced = run(["dvc", "repro", "--force", "--single-item", "plot-fig_convergence"], cwd=toy).stdout
-    assert ran_stages(forced) == {"plot-fig_convergence"}
-    # Snakemake takes DVC's outputs as they are once it has touched them
-    run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--touch"], cwd=toy)
-    out = run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "-n"], cwd=toy)
-    assert "Nothing to be done" in out.stdout
-
-
-@pytest.mark.slow
-def test_push_then_pull_into_a_fresh_clone_needs_no_training_or_sampling(toy, tmp_path):
-    run(["git", "add", "dvc.lock", "config/toy.yaml"], cwd=toy)
-    run(["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "results"], cwd=toy)
-    run(["dvc", "push", "-q"], cwd=toy)
-    clone = toy.parent / "clone"  # beside the repo: the default remote ../sfd-dvc-remote is shared
-    run(["git", "clone", "-q", str(toy), str(clone)], cwd=toy.parent)
-    assert not (clone / "results" / "table_fid.csv").exists()
-    run(["dvc", "pull", "-q", "dvc.yaml"], cwd=clone)  # the replication never ran
-    assert (clone / "results" / "table_fid.csv").read_bytes() == (
-        toy / "results" / "table_fid.csv"
-    ).read_bytes()
-    snakemake = [sys.executable, "-m", "snakemake", "--profile", "profiles/local"]
-    run([*snakemake, "--touch"], cwd=clone)
-    out = run([*snakemake, "results/table_fid.csv", "-n"], cwd=clone)
-    assert "Nothing to be done" in out.stdout, out.stdout[-3000:]

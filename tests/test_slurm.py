@@ -1,10 +1,10 @@
 """The SLURM profile against a real SLURM (`.ci/slurm-up.sh`: a single-node cluster on localhost).
 
-A cut of the toy DAG (train -> sample -> pack -> evaluate for one run) goes through sbatch with
-profiles/slurm-gpu, its resources scaled down to the CI node and its device set to the CPU. The
-training job is sent SIGUSR1 mid-run, as SLURM's `--signal=USR1@600` does before the walltime:
-it checkpoints and fails, the profile's retry resubmits it, and it resumes to the very weights of
-the uninterrupted local run.
+A cut of the toy DAG (the AutoGuidance model's first 150 steps, then sample -> pack -> evaluate of
+run ag_p_150) goes through sbatch with profiles/slurm-gpu, its resources scaled down to the CI node
+and its device set to the CPU. The training job is sent SIGUSR1 mid-run, as SLURM's
+`--signal=USR1@600` does before the walltime: it checkpoints and fails, the profile's retry
+resubmits it, and it resumes to the very weights of the uninterrupted local run.
 """
 
 import shutil
@@ -37,19 +37,19 @@ def state_dict(path):
 def test_toy_cut_through_sbatch_resumes_after_the_walltime_signal(tmp_path_factory):
     work, _ = toy_workspace(tmp_path_factory, "slurm")
     profile = ci_profile(work.parent / "profile")
-    ema = work / "outputs/toy/train/sfd_p/0000500/ema/0000500.pt"
+    ema = work / "outputs/toy/train/ag_p/0000150/ema/0000150.pt"
     uninterrupted = state_dict(ema)
-    shutil.rmtree(work / "outputs/toy/train/sfd_p/0000500")  # the forced rerun starts from scratch
-    log = work / "logs/toy/train/sfd_p_0000500.log"
-    log.unlink()  # the local run's log would say "steps 0 -> 500" before this job started
-    metrics = work / "outputs/toy/metrics/p_500.json"
+    shutil.rmtree(work / "outputs/toy/train/ag_p/0000150")  # the forced rerun starts from scratch
+    log = work / "logs/toy/train/ag_p_0000150.log"
+    log.unlink()  # the local run's log would say "steps 0 -> 150" before this job started
+    metrics = work / "outputs/toy/metrics/ag_p_150.json"
     before = metrics.stat().st_mtime_ns
 
     cmd = [
         sys.executable,
         "-m",
         "snakemake",
-        "outputs/toy/metrics/p_500.json",
+        "outputs/toy/metrics/ag_p_150.json",
         "--profile",
         str(profile),
         "--forcerun",
@@ -62,7 +62,7 @@ def test_toy_cut_through_sbatch_resumes_after_the_walltime_signal(tmp_path_facto
     deadline = time.monotonic() + 900
     while proc.poll() is None and time.monotonic() < deadline:
         train_job = next((j for c, j in squeue_jobs(work).items() if c.startswith("rule_train")), None)
-        if signalled is None and train_job and log.is_file() and "steps 0 -> 500" in log.read_text():
+        if signalled is None and train_job and log.is_file() and "steps 0 -> 150" in log.read_text():
             time.sleep(3)  # a few steps in
             subprocess.run(["scancel", "--signal=USR1", train_job], check=True)
             signalled = train_job

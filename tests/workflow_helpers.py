@@ -115,6 +115,7 @@ def write_config(tmp_path, data, name="exp.yaml") -> Path:
 
 import functools  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -170,6 +171,11 @@ def _toy_run(base: Path) -> tuple[Path, float]:
     start = time.monotonic()
     run([sys.executable, "-m", "snakemake", "--profile", "profiles/local"], cwd=work, timeout=3600)
     return work, time.monotonic() - start
+
+
+def ran_stages(dvc_output: str) -> set[str]:
+    """The stages a `dvc repro` output says it ran."""
+    return set(re.findall(r"Running stage '([^']+)'", dvc_output))
 
 
 def toy_workspace(tmp_path_factory, name: str) -> tuple[Path, float]:
