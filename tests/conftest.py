@@ -17,14 +17,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+TOY_CALL = "toy_workspace("
+
+
 @functools.cache
-def unit_of(module: str) -> str:
-    """The unit of work of a test module, given as its path from the repository root."""
-    return "toy-run" if "toy_workspace(" in (ROOT / module).read_text() else module
+def _module_unit(module: str) -> str:
+    return "toy-run" if TOY_CALL in (ROOT / module).read_text() else module
+
+
+def unit_of(nodeid: str) -> str:
+    """The unit of work of a test: its module's path from the repository root, or "toy-run"."""
+    return _module_unit(nodeid.split("::", 1)[0])
 
 
 def copies_the_toy_run(item) -> bool:
-    return "toy" in item.fixturenames or "toy_workspace(" in inspect.getsource(item.function)
+    return "toy" in item.fixturenames or TOY_CALL in inspect.getsource(item.function)
 
 
 # The two longest units, started at once (one per worker); the rest follow in collection order.
@@ -36,7 +43,7 @@ def pytest_collection_modifyitems(config, items):
     builds it)."""
 
     def rank(item):
-        unit = unit_of(item.nodeid.split("::", 1)[0])
+        unit = unit_of(item.nodeid)
         return (FIRST.index(unit) if unit in FIRST else len(FIRST), not copies_the_toy_run(item))
 
     items.sort(key=rank)
@@ -48,6 +55,6 @@ def pytest_xdist_make_scheduler(config, log):
 
     class ByUnit(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return unit_of(nodeid.split("::", 1)[0])
+            return unit_of(nodeid)
 
     return ByUnit(config, log)

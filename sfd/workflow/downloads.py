@@ -153,9 +153,9 @@ def human(size: int | None) -> str:
     return f"{size} B"
 
 
-def report(rows: list[tuple[Download, int | None, str]], configured: dict | None = None) -> str:
+def report(rows: list[tuple[Download, int | None, str]], configured: dict) -> str:
     """One line per file, then the total (and how many sizes are unknown or estimated), then the
-    basis of each estimate (from `configured`, the experiment's download_sizes)."""
+    basis of each estimate (from `configured`, the download_sizes `rows` were sized with)."""
     lines = [f"{'rule':<21} {'size':>10}  {'from':<8} source -> output"]
     for d, size, origin in rows:
         lines.append(f"{d.rule:<21} {human(size):>10}  {origin:<8} {d.source} -> {d.out}")
@@ -166,7 +166,7 @@ def report(rows: list[tuple[Download, int | None, str]], configured: dict | None
     tail += f" (+ {unknown} file(s) of unknown size: set download_sizes)" if unknown else ""
     lines.append(f"total: {len(rows)} file(s), {human(total)}{tail}")
     bases = {}
-    for d in estimated if configured else []:
+    for d in estimated:
         bases.setdefault(configured[d.source]["basis"], []).append(d.source.rsplit("/", 1)[-1])
     lines += [f"estimated {', '.join(names)}: {basis}" for basis, names in bases.items()]
     return "\n".join(lines)
