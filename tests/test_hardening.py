@@ -426,15 +426,19 @@ def test_sample_killed_at_random_moments_resumes_bit_equal_with_no_leftovers(ass
     # the reference runs as the killed runs do (a subprocess, one thread): float results depend on the
     # thread count, and the pytest process may run with more
     subprocess.run([sys.executable, "-m", "sfd", *args(reference)], env=ENV, check=True, capture_output=True)
+    # the random delay stays under one shard's time and the kills come by the fourth shard, so
+    # neither run can finish on a machine faster than this one was when it wrote the reference
+    stamps = sorted(p.stat().st_mtime for p in reference.glob("shard-*.npz"))
+    shard_seconds = min(b - a for a, b in zip(stamps, stamps[1:]))
     cmd = [sys.executable, "-m", "sfd", *args(out)]
     rng = random.Random(11)
     killed = []
     for _ in range(2):
         proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        shards = len(list(out.glob("shard-*.npz"))) + rng.randrange(2)
+        shards = min(len(list(out.glob("shard-*.npz"))) + rng.randrange(2), 3)
         while len(list(out.glob("shard-*.npz"))) < shards and proc.poll() is None:
             time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.3))
+        time.sleep(rng.uniform(0, 0.9 * shard_seconds))
         proc.send_signal(signal.SIGKILL)
         killed.append(proc.wait())
     assert killed == [-signal.SIGKILL] * 2 and not (out / "index.json").exists(), "a run finished unkilled"
