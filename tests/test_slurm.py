@@ -7,6 +7,7 @@ and its device set to the CPU. The training job is sent SIGUSR1 mid-run, as SLUR
 resubmits it, and it resumes to the very weights of the uninterrupted local run.
 """
 
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,12 @@ def squeue_jobs(work) -> dict[str, str]:
     out = subprocess.run(["squeue", "-h", "-o", "%i|%k|%Z"], capture_output=True, text=True).stdout
     jobs = (line.split("|") for line in out.splitlines() if line.count("|") == 2)
     return {comment: job for job, comment, cwd in jobs if Path(cwd).resolve() == work.resolve()}
+
+
+def steps_done(log_text: str) -> int:
+    """The last step count the training bar wrote ("train ag_p:  12%|...| 18/150 [")."""
+    counts = re.findall(r"(\d+)/150 \[", log_text)
+    return int(counts[-1]) if counts else 0
 
 
 def state_dict(path):
@@ -62,8 +69,7 @@ def test_toy_cut_through_sbatch_resumes_after_the_walltime_signal(tmp_path_facto
     deadline = time.monotonic() + 900
     while proc.poll() is None and time.monotonic() < deadline:
         train_job = next((j for c, j in squeue_jobs(work).items() if c.startswith("rule_train")), None)
-        if signalled is None and train_job and log.is_file() and "steps 0 -> 150" in log.read_text():
-            time.sleep(3)  # a few steps in
+        if signalled is None and train_job and log.is_file() and steps_done(log.read_text()) >= 10:
             subprocess.run(["scancel", "--signal=USR1", train_job], check=True)
             signalled = train_job
         time.sleep(1)
