@@ -143,19 +143,19 @@ def test_download_sizes_come_from_the_hub_online_and_from_the_config_offline(hub
     ]
     configured = {"hf://org/vae/ae.ckpt": 5, "hf://org/sfd/gone.pt": {"bytes": 7, "basis": "two tensors"}}
     online = sized(files, configured, online=True)
-    assert [(size, origin) for _, size, origin in online] == [
+    assert [(r.size, r.origin) for r in online] == [
         (len(PAYLOAD), "hub"),
         (1000, "server"),
         (7, "estimate"),
     ]
     offline = sized(files, configured, online=False)
-    assert [(size, origin) for _, size, origin in offline] == [
+    assert [(r.size, r.origin) for r in offline] == [
         (5, "config"),
         (None, "unknown"),
         (7, "estimate"),
     ]
     assert not hub.gets()  # sizes never download anything
-    lines = report(offline, configured).splitlines()
+    lines = report(offline).splitlines()
     assert "hf://org/vae/ae.ckpt -> out/ae.ckpt" in lines[1]
     assert lines[-2] == (
         "total: 3 file(s), 12 B, 1 of them estimated (+ 1 file(s) of unknown size: set download_sizes)"

@@ -11,6 +11,7 @@ the Hub's file metadata or the server's Content-Length when online, else from th
 import os
 import urllib.request
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sfd.workflow.matrix import Experiment, load
 
@@ -126,21 +127,29 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
 
 
-def sized(
-    downloads: list[Download], configured: dict, online: bool
-) -> list[tuple[Download, int | None, str]]:
-    """(download, bytes, where the number comes from: hub / server / config / estimate / unknown)."""
+class Sized(NamedTuple):
+    """A planned download with its size, where the number comes from (hub / server / config /
+    estimate / unknown) and, for an estimate, its basis."""
+
+    download: Download
+    size: int | None
+    origin: str
+    basis: str | None = None
+
+
+def sized(downloads: list[Download], configured: dict, online: bool) -> list[Sized]:
     rows = []
     for d in downloads:
         size = remote_size(d) if online else None
+        entry = configured.get(d.source)
         if size is not None:
-            rows.append((d, size, "hub" if d.hub else "server"))
-        elif isinstance(configured.get(d.source), dict):
-            rows.append((d, configured[d.source]["bytes"], "estimate"))
-        elif d.source in configured:
-            rows.append((d, configured[d.source], "config"))
+            rows.append(Sized(d, size, "hub" if d.hub else "server"))
+        elif isinstance(entry, dict):
+            rows.append(Sized(d, entry["bytes"], "estimate", entry["basis"]))
+        elif entry is not None:
+            rows.append(Sized(d, entry, "config"))
         else:
-            rows.append((d, None, "unknown"))
+            rows.append(Sized(d, None, "unknown"))
     return rows
 
 
@@ -153,21 +162,21 @@ def human(size: int | None) -> str:
     return f"{size} B"
 
 
-def report(rows: list[tuple[Download, int | None, str]], configured: dict) -> str:
+def report(rows: list[Sized]) -> str:
     """One line per file, then the total (and how many sizes are unknown or estimated), then the
-    basis of each estimate (from `configured`, the download_sizes `rows` were sized with)."""
+    basis of each estimate."""
     lines = [f"{'rule':<21} {'size':>10}  {'from':<8} source -> output"]
-    for d, size, origin in rows:
+    for d, size, origin, _ in rows:
         lines.append(f"{d.rule:<21} {human(size):>10}  {origin:<8} {d.source} -> {d.out}")
-    total = sum(size for _, size, _ in rows if size is not None)
-    unknown = sum(size is None for _, size, _ in rows)
-    estimated = [d for d, _, origin in rows if origin == "estimate"]
+    total = sum(r.size for r in rows if r.size is not None)
+    unknown = sum(r.size is None for r in rows)
+    estimated = [r for r in rows if r.origin == "estimate"]
     tail = f", {len(estimated)} of them estimated" if estimated else ""
     tail += f" (+ {unknown} file(s) of unknown size: set download_sizes)" if unknown else ""
     lines.append(f"total: {len(rows)} file(s), {human(total)}{tail}")
     bases = {}
-    for d in estimated:
-        bases.setdefault(configured[d.source]["basis"], []).append(d.source.rsplit("/", 1)[-1])
+    for r in estimated:
+        bases.setdefault(r.basis, []).append(r.download.source.rsplit("/", 1)[-1])
     lines += [f"estimated {', '.join(names)}: {basis}" for basis, names in bases.items()]
     return "\n".join(lines)
 
@@ -183,6 +192,5 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     exp = load(args.config)
-    configured = exp.cfg["download_sizes"]
-    print(report(sized(planned(exp), configured, online=not (args.offline or hub_offline())), configured))
+    print(report(sized(planned(exp), exp.cfg["download_sizes"], online=not (args.offline or hub_offline()))))
     return 0

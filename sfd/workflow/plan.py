@@ -280,6 +280,5 @@ def main(args) -> int:
     needed = [d for d in downloads.planned(exp) if d.out in outputs]
     online = not (args.offline or downloads.hub_offline())
     print("\ndownloads (local rules, on this node):")
-    configured = exp.cfg["download_sizes"]
-    print(downloads.report(downloads.sized(needed, configured, online), configured))
+    print(downloads.report(downloads.sized(needed, exp.cfg["download_sizes"], online)))
     return 0
