@@ -2,13 +2,13 @@
 
 The official SFD code is not vendored; its step is rebuilt here from its structure, on the same
 model class (ours is bit-identical to the official LightningDiT, docs/decisions.md):
-  * compiled as the official code compiles: its models/lightningdit.py puts @torch.compile on the
-    forward of each block, of the final layer and of the time and label embedders (SwiGLU's forward
-    and `modulate` run inside a block's graph), and never compiles the model itself, so the patch
-    embedding, the REPA projector and the unpatchify run eager (`official_compile`);
+  * compiled as the official code compiles: it puts @torch.compile on the forward of each block,
+    of the final layer and of the time and label embedders (SwiGLU's forward and `modulate` run
+    inside a block's graph), and never compiles the model itself, so the patch embedding, the REPA
+    projector and the unpatchify run eager (`official_compile`);
   * official train step: that model's forward/backward of the SFD losses, zero_grad between
-    forward and backward (DiT's train.py order), torch.optim.AdamW with its default implementation,
-    and an EMA that loops over the parameters (two kernels each);
+    forward and backward (DiT's training-loop order), torch.optim.AdamW with its default
+    implementation, and an EMA that loops over the parameters (two kernels each);
   * official sampling forward: that model with the REPA projector running and its output
     discarded (its eval forward returns the tokens too; here: our train-mode forward with label
     dropout off, which computes exactly that), TF32 on (a no-op on the CPU).

@@ -1,7 +1,7 @@
 """`sfd sample`: the N-sample evaluation set of one (model, checkpoint, guidance) (docs/method.md §4.4).
 
 Every sample is a pure function of its global index g, so the output does not depend on how many
-devices made it (the official inference.py seeds by rank and sizes batches by world size,
+devices made it (the official inference seeds by rank and sizes batches by world size,
 docs/method.md §7.7, §7.11):
   * label(g) = floor(g · num_classes / N): balanced, N / num_classes per class when divisible, in
     class order (the official g // 50 for N = 50,000);
